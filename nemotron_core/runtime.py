@@ -17,12 +17,15 @@ log = logging.getLogger("nemotron_core")
 
 
 def setup_logging(level: str = "INFO", *, rank: int = 0) -> None:
-    """Console logging on rank 0 at `level`; other ranks log warnings and errors only."""
+    """Console logging on rank 0 at `level`; other ranks log warnings and errors only.
+
+    Under `@hydra.main` Hydra has already installed its console and `<job>.log` handlers: only the
+    level is set then. Outside Hydra a console handler is added once.
+    """
     root = logging.getLogger()
     root.setLevel(level if rank == 0 else "WARNING")
-    if not any(getattr(h, "_nemotron", False) for h in root.handlers):
+    if not root.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h._nemotron = True  # type: ignore[attr-defined]
         h.setFormatter(logging.Formatter(f"[%(asctime)s][rank{rank}][%(name)s][%(levelname)s] %(message)s"))
         root.addHandler(h)
 
