@@ -138,9 +138,96 @@ def chunk_sequence(
     return TrainingSequence(chunks=[c for c in chunks if c.text], where=where, reasoning=reasoning)
 
 
-def record_to_sequences(record: Record, *, render: Renderer) -> list[TrainingSequence]:
-    """All training sequences of one validated record."""
-    return [
-        chunk_sequence(msgs, tools=record.tools, reasoning=reasoning, render=render, where=record.where)
-        for msgs, reasoning in split_sequences(record.messages)
-    ]
+_IM_START = "<|im_start|>"
+_PROMPT_THINK = "<|im_start|>assistant\n<think>\n"
+_PROMPT_NO_THINK = "<|im_start|>assistant\n<think></think>"
+
+
+def chunk_sequence_single_render(
+    messages: list[dict[str, Any]], *, tools, reasoning: bool, render: Renderer, where: str
+) -> TrainingSequence | None:
+    """The chunks of `chunk_sequence` from ONE rendering of the whole sequence, or None.
+
+    Renders once and cuts at the turn boundaries of the Nano3 format (every turn starts with
+    `<|im_start|>`; consecutive tool results share one user turn; a generation prompt is the
+    start of the next assistant turn). Returns None, so the caller falls back to the reference
+    algorithm, whenever the rendering does not have exactly the expected turns with the expected
+    headers (another template, literal `<|im_start|>` in a message, content with its own think
+    block). Where it returns chunks they equal the reference's (tested on all shipped data).
+    """
+    full = render(messages, tools=tools, add_generation_prompt=False, enable_thinking=reasoning)
+    starts = [i for i in _find_all(full, _IM_START)]
+    if not starts or starts[0] != 0:
+        return None
+    ends = starts[1:] + [len(full)]
+    # turn 0 is the system turn (always emitted); then one turn per message, tool runs shared
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    turn_of: list[int] = [0] * len(messages)
+    t = 0
+    for i in range(first, len(messages)):
+        if not (messages[i]["role"] == "tool" and i > 0 and messages[i - 1]["role"] == "tool"):
+            t += 1
+        turn_of[i] = t
+    if t + 1 != len(starts):
+        return None
+    for i in range(first, len(messages)):
+        role = "user" if messages[i]["role"] == "tool" else messages[i]["role"]
+        if not full.startswith(f"{_IM_START}{role}\n", starts[turn_of[i]]):
+            return None
+
+    def end_of(i: int) -> int | None:
+        end = ends[turn_of[i]]
+        nxt = messages[i + 1] if i + 1 < len(messages) else None
+        if messages[i]["role"] in ("user", "tool") and nxt is not None and nxt["role"] == "assistant":
+            prompt = _PROMPT_THINK if (reasoning and nxt.get("reasoning_content")) else _PROMPT_NO_THINK
+            if not full.startswith(prompt, end):
+                return None
+            end += len(prompt)
+        return end
+
+    chunks: list[Chunk] = []
+    prev = 0
+    start = 0
+    if reasoning:
+        last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+        if last_user >= 0:
+            prev = end_of(last_user)
+            if prev is None:
+                return None
+            chunks.append(Chunk(full[:prev], False))
+            start = last_user + 1
+    for i in range(start, len(messages)):
+        if messages[i]["role"] == "tool" and i + 1 < len(messages) and messages[i + 1]["role"] == "tool":
+            continue
+        end = end_of(i)
+        if end is None:
+            return None
+        chunks.append(Chunk(full[prev:end], messages[i]["role"] == "assistant"))
+        prev = end
+    if prev != len(full):
+        return None
+    return TrainingSequence(chunks=[c for c in chunks if c.text], where=where, reasoning=reasoning)
+
+
+def _find_all(text: str, needle: str):
+    i = text.find(needle)
+    while i >= 0:
+        yield i
+        i = text.find(needle, i + len(needle))
+
+
+def record_to_sequences(record: Record, *, render: Renderer, single_render: bool = False) -> list[TrainingSequence]:
+    """All training sequences of one validated record.
+
+    `single_render=True` tries `chunk_sequence_single_render` first (one rendering per sequence
+    instead of one per message) and falls back to the reference `chunk_sequence` per sequence.
+    """
+    out = []
+    for msgs, reasoning in split_sequences(record.messages):
+        seq = None
+        if single_render:
+            seq = chunk_sequence_single_render(msgs, tools=record.tools, reasoning=reasoning, render=render, where=record.where)
+        if seq is None:
+            seq = chunk_sequence(msgs, tools=record.tools, reasoning=reasoning, render=render, where=record.where)
+        out.append(seq)
+    return out

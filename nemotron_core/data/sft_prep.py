@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 _RECORDS_PER_TASK = 64
+_SELF_CHECK_RECORDS = 32  # records on which the single-render chunker is checked against the reference
 
 
 @dataclass
@@ -61,7 +62,28 @@ class SplitResult:
 
 
 # ----------------------------------------------------------------------------- tokenization
-def tokenize_sequences(records: Sequence[Record], tokenizer, *, truncate_history_thinking: bool, on_error: str):
+def single_render_agrees(records: Sequence[Record], tokenizer, *, truncate_history_thinking: bool) -> bool:
+    """Whether the one-render-per-sequence chunker gives the reference chunks on `records`.
+
+    Data prep checks a sample before using the fast path, so a template whose prefixes behave
+    differently from the Nano3 format silently gets the (slower) reference algorithm instead.
+    """
+    render = template_renderer(tokenizer, truncate_history_thinking=truncate_history_thinking)
+    for rec in records:
+        try:
+            ref = record_to_sequences(rec, render=render)
+        except ChunkingError:
+            continue
+        fast = record_to_sequences(rec, render=render, single_render=True)
+        if [[(c.text, c.trained) for c in s.chunks] for s in ref] != [[(c.text, c.trained) for c in s.chunks] for s in fast]:
+            log.warning("%s: single-render chunking differs from the reference; using the reference algorithm", rec.where)
+            return False
+    return True
+
+
+def tokenize_sequences(
+    records: Sequence[Record], tokenizer, *, truncate_history_thinking: bool, on_error: str, single_render: bool = False
+):
     """Render, chunk and tokenize the records' training sequences.
 
     Chunks are tokenized separately (`add_special_tokens=False`, one batched call) and
@@ -71,7 +93,7 @@ def tokenize_sequences(records: Sequence[Record], tokenizer, *, truncate_history
     sequences, errors = [], Counter()
     for rec in records:
         try:
-            sequences.extend(record_to_sequences(rec, render=render))
+            sequences.extend(record_to_sequences(rec, render=render, single_render=single_render))
         except ChunkingError:
             if on_error == "raise":
                 raise
@@ -100,21 +122,31 @@ def _worker_init(tokenizer_path: str) -> None:
 
 
 def _worker_task(args):
-    records, truncate, on_error = args
-    return tokenize_sequences(records, _worker_tokenizer, truncate_history_thinking=truncate, on_error=on_error)
+    records, truncate, on_error, single = args
+    return tokenize_sequences(
+        records, _worker_tokenizer, truncate_history_thinking=truncate, on_error=on_error, single_render=single
+    )
 
 
-def _tokenize_all(records, *, tokenizer, tokenizer_path, truncate, on_error, num_workers) -> Iterator:
-    tasks = [(records[i : i + _RECORDS_PER_TASK], truncate, on_error) for i in range(0, len(records), _RECORDS_PER_TASK)]
+def _tokenize_all(records, *, tokenizer, tokenizer_path, truncate, on_error, num_workers, single_render) -> Iterator:
+    tasks = [
+        (records[i : i + _RECORDS_PER_TASK], truncate, on_error, single_render)
+        for i in range(0, len(records), _RECORDS_PER_TASK)
+    ]
     if num_workers <= 1 or len(tasks) <= 1:
         for t in tasks:
-            yield tokenize_sequences(t[0], tokenizer, truncate_history_thinking=truncate, on_error=on_error), len(t[0])
+            yield _tokenize_in_process(t, tokenizer), len(t[0])
         return
     ctx = mp.get_context("spawn" if mp.get_start_method(allow_none=True) == "spawn" else "fork")
     with ctx.Pool(num_workers, initializer=_worker_init, initargs=(tokenizer_path,)) as pool:
         # imap keeps task order, so the output does not depend on the worker count
         for t, res in zip(tasks, pool.imap(_worker_task, tasks, chunksize=1)):
             yield res, len(t[0])
+
+
+def _tokenize_in_process(task, tokenizer):
+    records, truncate, on_error, single = task
+    return tokenize_sequences(records, tokenizer, truncate_history_thinking=truncate, on_error=on_error, single_render=single)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -220,6 +252,7 @@ def prepare_sft_data(
 
     # 2. render, chunk and tokenize (worker processes, order preserved)
     num_workers = data.num_workers or os.cpu_count() or 1
+    single_render = single_render_agrees(records[:_SELF_CHECK_RECORDS], tokenizer, truncate_history_thinking=data.truncate_history_thinking)
     tokenized: dict[str, list[TokenizedSequence]] = {}
     errors: Counter = Counter()
     bar = _progress(total=len(records), enabled=progress)
@@ -228,6 +261,7 @@ def prepare_sft_data(
         for (seqs, errs), n in _tokenize_all(
             [records[i] for i in parts[split]], tokenizer=tokenizer, tokenizer_path=tokenizer_path,
             truncate=data.truncate_history_thinking, on_error=data.on_error, num_workers=num_workers,
+            single_render=single_render,
         ):
             tokenized[split].extend(seqs)
             errors.update(errs)

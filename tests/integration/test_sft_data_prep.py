@@ -209,3 +209,18 @@ def test_recipe_runs_and_dry_runs(tmp_path):
     assert dry.returncode == 0 and "pack_size: 2048" in dry.stdout
     typo = subprocess.run([sys.executable, str(script), "data.pack_sise=3"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert typo.returncode != 0 and "data.pack_sise" in typo.stderr
+
+
+def test_inspect_packed_shows_trained_spans(tmp_path):
+    data = cfg(tmp_path, sample=40, pack_size=1024)
+    run(data)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/inspect_packed.py"), data.output_dir, "--plain"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "document boundary" in out and "[[" in out
+    # every highlighted span ends the assistant turn it belongs to
+    spans = [s.split("]]")[0] for s in out.split("[[")[1:]]
+    assert spans and all(s.endswith("<|im_end|>\n") for s in spans)

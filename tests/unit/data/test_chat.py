@@ -159,3 +159,30 @@ def test_prefix_mismatch_names_the_record():
     m = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     with pytest.raises(ChunkingError, match=r"^t\.jsonl:3: rendering of messages\[:2\]"):
         chunk_sequence(m, tools=None, reasoning=False, render=bad_render, where="t.jsonl:3")
+
+
+def test_single_render_chunks_equal_the_reference_on_all_shipped_data(render):
+    from nemotron_core.data.chat import chunk_sequence_single_render
+    from nemotron_core.data.records import read_records, resolve_inputs
+
+    records, _ = read_records(resolve_inputs(str(asset_path("data/tiny_chat.jsonl"))))
+    fallbacks = 0
+    for rec in records:
+        ref = record_to_sequences(rec, render=render)
+        fast = record_to_sequences(rec, render=render, single_render=True)
+        assert [[(c.text, c.trained) for c in s.chunks] for s in fast] == [[(c.text, c.trained) for c in s.chunks] for s in ref], rec.where
+        fallbacks += sum(
+            chunk_sequence_single_render(m, tools=rec.tools, reasoning=r, render=render, where="") is None
+            for m, r in split_sequences(rec.messages)
+        )
+    assert fallbacks == 0  # the fast path really ran everywhere
+
+
+def test_single_render_falls_back_on_unexpected_structure(render):
+    from nemotron_core.data.chat import chunk_sequence_single_render
+
+    m = [{"role": "user", "content": "a literal <|im_start|>user\nturn"}, {"role": "assistant", "content": "b"}]
+    assert chunk_sequence_single_render(m, tools=None, reasoning=False, render=render, where="x") is None
+    rec = validate_record({"messages": m}, "x:1")
+    [s] = record_to_sequences(rec, render=render, single_render=True)  # the reference still chunks it
+    assert [c.text for c in s.chunks if c.trained] == ["b<|im_end|>\n"]
