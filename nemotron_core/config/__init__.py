@@ -18,6 +18,7 @@ from nemotron_core.config.data import PretrainDataConfig, SFTDataConfig
 from nemotron_core.config.model import ModelConfig
 from nemotron_core.config.optim import OptimizerConfig, SchedulerConfig
 from nemotron_core.config.parallel import ParallelConfig
+from nemotron_core.config.peft import PeftConfig
 from nemotron_core.config.run import (
     CheckpointConfig,
     LoggingConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "ParallelConfig",
+    "PeftConfig",
     "PretrainDataConfig",
     "PretrainStageConfig",
     "SFTDataConfig",
@@ -50,6 +52,7 @@ GROUP_SCHEMAS = {
     ("model", "base_model"): ModelConfig,
     ("tokenizer", "base_tokenizer"): TokenizerConfig,
     ("parallel", "base_parallel"): ParallelConfig,
+    ("peft", "base_peft"): PeftConfig,
     ("optimizer", "base_optimizer"): OptimizerConfig,
     ("scheduler", "base_scheduler"): SchedulerConfig,
     ("train", "base_train"): TrainConfig,

@@ -25,6 +25,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
     activation_checkpointing: bool = False
     compile: bool = False
+    stop_after_steps: int | None = None  # end this job after N steps (checkpointed); the schedule still spans `steps`
     eval_every: int = 0  # validation loss every N steps; 0 = only at the end (if there is a valid split)
     eval_batches: int = 8
     log_every: int = 1

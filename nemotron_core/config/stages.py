@@ -14,6 +14,7 @@ from nemotron_core.config.data import PretrainDataConfig, SFTDataConfig
 from nemotron_core.config.model import ModelConfig
 from nemotron_core.config.optim import OptimizerConfig, SchedulerConfig
 from nemotron_core.config.parallel import ParallelConfig
+from nemotron_core.config.peft import PeftConfig
 from nemotron_core.config.run import CheckpointConfig, LoggingConfig, TokenizerConfig, TrainConfig
 
 
@@ -42,3 +43,4 @@ class PretrainStageConfig(_StageConfig):
 @dataclass
 class SFTStageConfig(_StageConfig):
     data: SFTDataConfig = MISSING
+    peft: PeftConfig = MISSING

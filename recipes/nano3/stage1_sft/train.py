@@ -1,0 +1,151 @@
+"""Stage 1: supervised fine-tuning of Nemotron 3 Nano on packed chat data.
+
+    python recipes/nano3/stage1_sft/train.py                              # tiny model on CPU, about a minute
+    python recipes/nano3/stage1_sft/train.py checkpoint.load=/models/nano3-hf optimizer.lr=1e-5
+    python recipes/nano3/stage1_sft/train.py -m optimizer.lr=1e-4,3e-3   # sweep: outputs/.../job<N>
+    python recipes/nano3/stage1_sft/train.py --cfg job                    # dry run: the composed config
+
+Reads the packed rows that `data_prep.py` wrote (`data.path`), refuses data made with another
+tokenizer vocabulary, trains with the loss contract of `nemotron_core.train` (sum of token losses
+over the trainable tokens of the whole optimizer step), writes DCP checkpoints to
+`<out_dir>/checkpoints` (resumed automatically), metrics to `<out_dir>/metrics.jsonl`, a loss
+curve PNG, and at the end a Hugging Face NemotronH export to `<out_dir>/hf`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from nemotron_core.checkpoint import export_hf, load_checkpoint, load_model_weights, resolve_resume, save_checkpoint
+from nemotron_core.config import register_configs, to_object
+from nemotron_core.data.packed import PackedDataset, collate_packed, iterate_batches
+from nemotron_core.lineage import Lineage, read_metadata
+from nemotron_core.model.nano3 import build_nano3
+from nemotron_core.model.sizing import count_parameters
+from nemotron_core.runtime import log_and_save_config, seed_everything, setup_logging
+from nemotron_core.tokenization import check_tokenizer_match, fingerprint, load_tokenizer
+from nemotron_core.train.metrics import MetricsLogger, plot_loss_curve
+from nemotron_core.train.optim import build_optimizer
+from nemotron_core.train.schedule import build_scheduler, validate_schedule
+from nemotron_core.train.step import evaluate, grad_accumulation_steps, train_step
+
+register_configs()
+log = logging.getLogger("stage1_sft")
+
+
+# ----------------------------------------------------------------------------- build
+def check_layout(parallel) -> None:
+    """This recipe trains in one process; the parallel layouts arrive with nemotron_core.parallel."""
+    if parallel.tp * parallel.pp * max(parallel.dp, 1) * parallel.ep != 1:
+        raise ValueError(
+            f"parallel={parallel.name} (tp={parallel.tp} pp={parallel.pp} dp={parallel.dp} ep={parallel.ep}) "
+            "needs the multi-process trainer, which stage 1 does not have yet: use parallel=single"
+        )
+
+
+def load_data(data_path: str, tokenizer_fp):
+    """The packed train/valid splits, after checking they were made with this tokenizer's vocab."""
+    meta = read_metadata(data_path, config_key="data.path")
+    check_tokenizer_match(meta["tokenizer"], tokenizer_fp, expected_from=f"data.path={data_path}", actual_from="tokenizer.path")
+    train = PackedDataset(data_path, split="train")
+    valid = PackedDataset(data_path, split="valid")
+    return meta, train, valid
+
+
+def build_model(model_cfg, *, load: str | None, seed: int, data_tokenizer: dict):
+    model = build_nano3(model_cfg, seed=seed)
+    parent = None
+    if load:
+        info = load_model_weights(load, model)
+        if info["tokenizer"] is not None:
+            check_tokenizer_match(info["tokenizer"], _fp_from_dict(data_tokenizer), expected_from=f"checkpoint.load={load}", actual_from="the data")
+        parent = {"checkpoint": info["path"], "step": info["step"], "lineage": info["lineage"]}
+    return model, parent
+
+
+def _fp_from_dict(d: dict):
+    from nemotron_core.tokenization import TokenizerFingerprint
+
+    return TokenizerFingerprint(**d)
+
+
+def validation_batches(valid: PackedDataset, *, micro_batch_size: int, max_batches: int):
+    n = min(len(valid), micro_batch_size * max_batches)
+    return [collate_packed([valid[j] for j in range(i, min(i + micro_batch_size, n))]) for i in range(0, n, micro_batch_size)]
+
+
+# ----------------------------------------------------------------------------- main
+@hydra.main(version_base="1.3", config_path="../../../conf", config_name="stage1_sft")
+def main(cfg: DictConfig) -> None:
+    # --- config
+    setup_logging(cfg.logging.level)
+    resolved = log_and_save_config(cfg, out_dir=cfg.out_dir, job_name="train")
+    out_dir, tc = Path(cfg.out_dir), to_object(cfg.train)
+    check_layout(to_object(cfg.parallel))
+    if cfg.peft.name != "none":
+        raise ValueError(f"peft={cfg.peft.name}: LoRA training is not wired into stage 1 yet; use peft=none")
+    seed_everything(cfg.seed)
+    sched = to_object(cfg.scheduler)
+    validate_schedule(sched, total_steps=tc.steps)
+    accum = grad_accumulation_steps(tc.global_batch_size, tc.micro_batch_size, 1)
+
+    # --- build: tokenizer check, data, model, optimizer
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    tok_fp = fingerprint(tokenizer, name=cfg.tokenizer.name, path=cfg.tokenizer.path)
+    meta, train_rows, valid_rows = load_data(cfg.data.path, tok_fp)
+    model, parent = build_model(to_object(cfg.model), load=cfg.checkpoint.load, seed=cfg.seed, data_tokenizer=tok_fp.to_dict())
+    opt = to_object(cfg.optimizer)
+    optimizer = build_optimizer(model, opt, device_type="cpu")
+    scheduler = build_scheduler(optimizer, sched=sched, peak_lr=opt.lr, min_lr=opt.min_lr, total_steps=tc.steps)
+    lineage = Lineage(stage="stage1_sft/train", config=resolved, inputs=meta["inputs"], tokenizer=tok_fp.to_dict(), parent=parent)
+    step, consumed_rows = 0, 0
+    if (resume := resolve_resume(cfg.checkpoint.resume, out_dir)) is not None:
+        state = load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        step, consumed_rows = state.step, state.consumed_rows
+    counts = count_parameters(to_object(cfg.model))
+    tokens_per_step = tc.global_batch_size * cfg.data.pack_size
+    log.info(
+        "model %s: %s parameters (%s active); %d train rows (%d epochs in %d steps); global batch %d rows = "
+        "%d micro-batches of %d, up to %d tokens per step; starting at step %d",
+        cfg.model.name, f"{counts.total:,}", f"{counts.active:,}", len(train_rows),
+        math.ceil(tc.steps * tc.global_batch_size / len(train_rows)), tc.steps, tc.global_batch_size, accum,
+        tc.micro_batch_size, tokens_per_step, step,
+    )
+    val_batches = validation_batches(valid_rows, micro_batch_size=tc.micro_batch_size, max_batches=tc.eval_batches)
+    ckpt = dict(out_dir=out_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer_dir=cfg.tokenizer.path,
+                tokenizer_fp=tok_fp.to_dict(), lineage=lineage, keep_last=cfg.checkpoint.keep_last)
+
+    # --- loop
+    batches = iterate_batches(train_rows, micro_batch_size=tc.micro_batch_size, global_batch_size=tc.global_batch_size,
+                              dp_rank=0, dp_size=1, seed=cfg.data.seed, start_row=consumed_rows)
+    end = tc.steps if tc.stop_after_steps is None else min(tc.steps, step + tc.stop_after_steps)
+    with MetricsLogger(out_dir, metrics_file=cfg.logging.metrics_file, wandb=to_object(cfg.logging.wandb), run_name=cfg.run_name,
+                       config=resolved, total_steps=tc.steps, start_step=step, progress_bar=cfg.logging.progress_bar) as metrics:
+        while step < end:
+            _, micro_batches = next(batches)
+            result = train_step(model, optimizer, micro_batches, normalization=tc.loss_normalization,
+                                moe_aux_loss_coeff=tc.moe_aux_loss_coeff, moe_expert_bias_update_rate=tc.moe_expert_bias_update_rate,
+                                grad_clip=opt.grad_clip, scheduler=scheduler)
+            step, consumed_rows = step + 1, consumed_rows + tc.global_batch_size
+            record = result.metrics()
+            if val_batches and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps):
+                record["val_loss"] = evaluate(model, val_batches)
+            metrics.log(step, record)
+            if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or step == end:
+                save_checkpoint(step=step, consumed_rows=consumed_rows, **ckpt)
+
+    # --- save
+    plot_loss_curve(out_dir / cfg.logging.metrics_file, out_dir / "loss_curve.png", title=f"{cfg.run_name} (stage 1 SFT)")
+    if step == tc.steps and cfg.checkpoint.export_hf:
+        export_hf(out_dir / "hf", model, model_cfg=to_object(cfg.model), tokenizer_dir=cfg.tokenizer.path, lineage=lineage)
+        log.info("exported Hugging Face NemotronH model to %s", out_dir / "hf")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Stage 1 training end to end: golden losses, exact resume, HF export, tokenizer refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemotron_core.paths import PACKAGE_DIR
+
+ROOT = PACKAGE_DIR.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from regenerate_golden import RUNS, run_stage1  # noqa: E402
+
+GOLDEN = json.loads((ROOT / "tests/assets/golden/stage1_sft_single.json").read_text())
+PREP, TRAIN = RUNS["stage1_sft_single"]
+WITH_EXPORT = [o for o in TRAIN if not o.startswith("checkpoint.export_hf")] + ["checkpoint.export_hf=true"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("full")
+    return d, run_stage1(d, PREP, WITH_EXPORT)
+
+
+def test_golden_losses(uninterrupted):
+    _, records = uninterrupted
+    assert GOLDEN["data_prep_overrides"] == PREP and GOLDEN["train_overrides"] == TRAIN
+    losses = [r["loss"] for r in records]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert losses == pytest.approx(GOLDEN["loss"], rel=GOLDEN["tolerance"]["rel"])
+    val = {str(r["step"]): r["val_loss"] for r in records if "val_loss" in r}
+    assert val.keys() == GOLDEN["val_loss"].keys()
+    assert [val[k] for k in sorted(val)] == pytest.approx([GOLDEN["val_loss"][k] for k in sorted(val)], rel=1e-4)
+    assert losses[-1] < losses[0] - 1.0  # it learns
+
+
+def test_resume_after_kill_equals_uninterrupted_bitwise(uninterrupted, tmp_path):
+    full_dir, full = uninterrupted
+    first = run_stage1(tmp_path, PREP, WITH_EXPORT, extra=["train.stop_after_steps=3"])
+    assert [r["step"] for r in first] == [1, 2, 3]
+    assert not (tmp_path / "run" / "hf").exists()  # a stopped job does not export
+    resumed = run_stage1(tmp_path, PREP, WITH_EXPORT)  # checkpoint.resume=auto finds step 3
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # exact, not approximate
+    a = (full_dir / "run" / "hf" / "model.safetensors").read_bytes()
+    b = (tmp_path / "run" / "hf" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_export_loads_in_transformers_with_the_same_logits(uninterrupted):
+    from transformers import AutoTokenizer, NemotronHForCausalLM
+
+    from nemotron_core.checkpoint.hf import load_hf_checkpoint
+
+    hf_dir = uninterrupted[0] / "run" / "hf"
+    tok = AutoTokenizer.from_pretrained(hf_dir)  # the tokenizer travels with the export
+    ids = torch.tensor([tok("What is 2+2?")["input_ids"]])
+    hf = NemotronHForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ours = load_hf_checkpoint(hf_dir)
+    ours = ours[0] if isinstance(ours, tuple) else ours
+    with torch.no_grad():
+        ref = hf(ids, use_cache=False).logits
+        got = ours.eval()(ids).logits
+    # transformers clamps dt at time_step_min (1e-3 in the tiny config) in its scan; our trained dt
+    # is well above it, so the two agree closely here (exact parity is tests/parity)
+    assert (got - ref).abs().max() < 1e-3
+    lineage = json.loads((hf_dir / "lineage.json").read_text())
+    assert lineage["inputs"][0]["path"].endswith("tiny_chat.jsonl")
+
+
+def test_refuses_data_from_another_tokenizer(tmp_path):
+    from tokenizers import Tokenizer
+
+    from nemotron_core.paths import asset_path
+
+    other = tmp_path / "other_tok"
+    other.mkdir()
+    for f in asset_path("tokenizer").iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    spec = json.loads((other / "tokenizer.json").read_text())
+    spec["model"]["vocab"]["Ġthe"], spec["model"]["vocab"]["Ġand"] = spec["model"]["vocab"]["Ġand"], spec["model"]["vocab"]["Ġthe"]
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    Tokenizer.from_file(str(other / "tokenizer.json"))
+    # data made with the shipped tokenizer, training asked to use the other one
+    with pytest.raises(RuntimeError, match="tokenizer vocabulary mismatch"):
+        run_stage1(tmp_path, PREP, TRAIN, extra=[f"tokenizer.path={other}", "tokenizer.name=other"])
+
+
+@pytest.mark.slow
+def test_tiny_default_run_learns(tmp_path):
+    records = run_stage1(tmp_path, [], [])
+    losses = [r["loss"] for r in records]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.45 * sum(losses[:3]) / 3
+    assert records[-1]["val_loss"] < 4.0
+    run = tmp_path / "run"
+    assert (run / "loss_curve.png").stat().st_size > 5000 and (run / "hf" / "config.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000020", "step_00000040"]
