@@ -101,3 +101,17 @@ def test_tiny_default_run_learns(tmp_path):
     run = tmp_path / "run"
     assert (run / "loss_curve.png").stat().st_size > 5000 and (run / "hf" / "config.json").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000020", "step_00000040"]
+
+
+def test_lora_run_trains_only_the_adapter_and_exports_it(tmp_path):
+    from safetensors.torch import load_file
+
+    records = run_stage1(tmp_path, PREP, WITH_EXPORT, extra=["peft=lora", "peft.rank=4", "peft.alpha=8", "optimizer.lr=1e-2"])
+    assert len(records) == 6 and records[-1]["loss"] < records[0]["loss"]
+    run = tmp_path / "run"
+    cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if ".lora_B." in k)  # B moved from zero
+    assert (run / "hf" / "model.safetensors").is_file()  # the merged model

@@ -2,6 +2,7 @@
 
     python recipes/nano3/stage1_sft/train.py                              # tiny model on CPU, about a minute
     python recipes/nano3/stage1_sft/train.py checkpoint.load=/models/nano3-hf optimizer.lr=1e-5
+    python recipes/nano3/stage1_sft/train.py peft=lora peft.rank=16 peft.alpha=32 optimizer.lr=1e-3
     python recipes/nano3/stage1_sft/train.py -m optimizer.lr=1e-4,3e-3   # sweep: outputs/.../job<N>
     python recipes/nano3/stage1_sft/train.py --cfg job                    # dry run: the composed config
 
@@ -9,7 +10,9 @@ Reads the packed rows that `data_prep.py` wrote (`data.path`), refuses data made
 tokenizer vocabulary, trains with the loss contract of `nemotron_core.train` (sum of token losses
 over the trainable tokens of the whole optimizer step), writes DCP checkpoints to
 `<out_dir>/checkpoints` (resumed automatically), metrics to `<out_dir>/metrics.jsonl`, a loss
-curve PNG, and at the end a Hugging Face NemotronH export to `<out_dir>/hf`.
+curve PNG, and at the end a Hugging Face NemotronH export to `<out_dir>/hf`. With `peft=lora` the base
+is frozen, the adapter is saved in the PEFT layout to `<out_dir>/adapter` and `<out_dir>/hf` holds
+the merged model.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from nemotron_core.data.packed import PackedDataset, collate_packed, iterate_bat
 from nemotron_core.lineage import Lineage, read_metadata
 from nemotron_core.model.nano3 import build_nano3
 from nemotron_core.model.sizing import count_parameters
+from nemotron_core.peft import apply_lora, check_hf_exportable, merge_lora, save_adapter
 from nemotron_core.runtime import log_and_save_config, seed_everything, setup_logging
 from nemotron_core.tokenization import check_tokenizer_match, fingerprint, load_tokenizer
 from nemotron_core.train.metrics import MetricsLogger, plot_loss_curve
@@ -88,8 +92,6 @@ def main(cfg: DictConfig) -> None:
     resolved = log_and_save_config(cfg, out_dir=cfg.out_dir, job_name="train")
     out_dir, tc = Path(cfg.out_dir), to_object(cfg.train)
     check_layout(to_object(cfg.parallel))
-    if cfg.peft.name != "none":
-        raise ValueError(f"peft={cfg.peft.name}: LoRA training is not wired into stage 1 yet; use peft=none")
     seed_everything(cfg.seed)
     sched = to_object(cfg.scheduler)
     validate_schedule(sched, total_steps=tc.steps)
@@ -100,6 +102,12 @@ def main(cfg: DictConfig) -> None:
     tok_fp = fingerprint(tokenizer, name=cfg.tokenizer.name, path=cfg.tokenizer.path)
     meta, train_rows, valid_rows = load_data(cfg.data.path, tok_fp)
     model, parent = build_model(to_object(cfg.model), load=cfg.checkpoint.load, seed=cfg.seed, data_tokenizer=tok_fp.to_dict())
+    peft = to_object(cfg.peft)
+    if peft.name == "lora":
+        adapted = apply_lora(model, peft)  # freezes the base, router and expert bias included
+        check_hf_exportable(adapted, model_cfg=to_object(cfg.model))  # fail now, not at save time
+        log.info("LoRA r=%d alpha=%g on %d modules", peft.rank, peft.alpha, len(adapted))
+    bias_rate = 0.0 if peft.name == "lora" else tc.moe_expert_bias_update_rate  # the base stays frozen
     opt = to_object(cfg.optimizer)
     optimizer = build_optimizer(model, opt, device_type="cpu")
     scheduler = build_scheduler(optimizer, sched=sched, peak_lr=opt.lr, min_lr=opt.min_lr, total_steps=tc.steps)
@@ -109,11 +117,12 @@ def main(cfg: DictConfig) -> None:
         state = load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
         step, consumed_rows = state.step, state.consumed_rows
     counts = count_parameters(to_object(cfg.model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens_per_step = tc.global_batch_size * cfg.data.pack_size
     log.info(
-        "model %s: %s parameters (%s active); %d train rows (%d epochs in %d steps); global batch %d rows = "
+        "model %s: %s parameters (%s active, %s trainable); %d train rows (%d epochs in %d steps); global batch %d rows = "
         "%d micro-batches of %d, up to %d tokens per step; starting at step %d",
-        cfg.model.name, f"{counts.total:,}", f"{counts.active:,}", len(train_rows),
+        cfg.model.name, f"{counts.total:,}", f"{counts.active:,}", f"{trainable:,}", len(train_rows),
         math.ceil(tc.steps * tc.global_batch_size / len(train_rows)), tc.steps, tc.global_batch_size, accum,
         tc.micro_batch_size, tokens_per_step, step,
     )
@@ -130,7 +139,7 @@ def main(cfg: DictConfig) -> None:
         while step < end:
             _, micro_batches = next(batches)
             result = train_step(model, optimizer, micro_batches, normalization=tc.loss_normalization,
-                                moe_aux_loss_coeff=tc.moe_aux_loss_coeff, moe_expert_bias_update_rate=tc.moe_expert_bias_update_rate,
+                                moe_aux_loss_coeff=tc.moe_aux_loss_coeff, moe_expert_bias_update_rate=bias_rate,
                                 grad_clip=opt.grad_clip, scheduler=scheduler)
             step, consumed_rows = step + 1, consumed_rows + tc.global_batch_size
             record = result.metrics()
@@ -142,6 +151,10 @@ def main(cfg: DictConfig) -> None:
 
     # --- save
     plot_loss_curve(out_dir / cfg.logging.metrics_file, out_dir / "loss_curve.png", title=f"{cfg.run_name} (stage 1 SFT)")
+    if step == tc.steps and peft.name == "lora":
+        save_adapter(out_dir / "adapter", model, peft, model_cfg=to_object(cfg.model), overwrite=True)
+        log.info("saved the LoRA adapter (PEFT layout) to %s", out_dir / "adapter")
+        merge_lora(model)  # the HF export below is the merged model
     if step == tc.steps and cfg.checkpoint.export_hf:
         export_hf(out_dir / "hf", model, model_cfg=to_object(cfg.model), tokenizer_dir=cfg.tokenizer.path, lineage=lineage)
         log.info("exported Hugging Face NemotronH model to %s", out_dir / "hf")
