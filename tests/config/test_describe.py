@@ -30,8 +30,8 @@ def test_30b_tp1ep8(describe_mod):
     assert "23 mamba + 23 moe + 6 attention" in text
     assert "tp=1 pp=1 dp=8 ep=8 fsdp=true -> world size 8" in text
     assert "stage 0: layers 0-51" in text
-    # tiny SFT train/data defaults: global batch 8 x pack 2048
-    assert "tokens/step  16,384 = train.global_batch_size 8 x data.pack_size 2048" in text
+    # tiny SFT train/data defaults: global batch 4 x pack 2048
+    assert "tokens/step  8,192 = train.global_batch_size 4 x data.pack_size 2048" in text
 
 
 def test_30b_pretrain_experiment(describe_mod):

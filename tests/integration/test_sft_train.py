@@ -39,6 +39,7 @@ def test_golden_losses(uninterrupted):
     assert losses[-1] < losses[0] - 1.0  # it learns
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_bitwise(uninterrupted, tmp_path):
     full_dir, full = uninterrupted
     first = run_stage1(tmp_path, PREP, WITH_EXPORT, extra=["train.stop_after_steps=3"])
