@@ -1,11 +1,16 @@
-"""Test-suite wide settings: CPU determinism, no torch.compile, `gpu` tests skipped without CUDA."""
+"""Test-suite wide settings (no torch.compile, `gpu` tests skipped without CUDA) and the shared
+model fixtures: a small config with every layer kind (`small_cfg`, `make_cfg`) and the YAML presets."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from nemotron_core.config.model import ModelConfig
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # torch.compile stays off in tests
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -33,3 +38,53 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+def small_config(**overrides) -> ModelConfig:
+    """Every layer kind (pattern MEM*EM-), chunk 8 so short documents cross chunk edges."""
+    cfg = ModelConfig(
+        name="test_small",
+        hybrid_override_pattern="MEM*EM-",
+        hidden_size=32,
+        vocab_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        ssm_state_size=8,
+        n_groups=2,
+        chunk_size=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=24,
+        routed_scaling_factor=2.5,
+        intermediate_size=40,
+        init_std=0.1,
+        time_step_min=0.01,
+        time_step_max=0.2,
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+def load_preset(path) -> ModelConfig:
+    values = OmegaConf.load(path)
+    values.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), values))
+
+
+@pytest.fixture
+def small_cfg() -> ModelConfig:
+    return small_config()
+
+
+@pytest.fixture
+def make_cfg():
+    """`make_cfg(**overrides)` -> small ModelConfig (conftest modules are not importable by name)."""
+    return small_config
+
+
+@pytest.fixture
+def preset():
+    """`preset(path)` -> ModelConfig from a conf/model YAML."""
+    return load_preset
