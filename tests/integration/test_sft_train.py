@@ -116,3 +116,9 @@ def test_lora_run_trains_only_the_adapter_and_exports_it(tmp_path):
     assert adapter and all(".lora_A." in k or ".lora_B." in k for k in adapter)
     assert any(v.abs().max() > 0 for k, v in adapter.items() if ".lora_B." in k)  # B moved from zero
     assert (run / "hf" / "model.safetensors").is_file()  # the merged model
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_run_matches_golden(tmp_path):
+    records = run_stage1(tmp_path, PREP, TRAIN, extra=["train.activation_checkpointing=true"])
+    assert [r["loss"] for r in records] == pytest.approx(GOLDEN["loss"], rel=GOLDEN["tolerance"]["rel"])

@@ -31,6 +31,7 @@ from nemotron_core.data.packed import PackedDataset, collate_packed, iterate_bat
 from nemotron_core.lineage import Lineage, read_metadata
 from nemotron_core.model.nano3 import build_nano3
 from nemotron_core.model.sizing import count_parameters
+from nemotron_core.parallel.activation import apply_activation_checkpointing
 from nemotron_core.peft import apply_lora, check_hf_exportable, merge_lora, save_adapter
 from nemotron_core.runtime import log_and_save_config, seed_everything, setup_logging
 from nemotron_core.tokenization import check_tokenizer_match, fingerprint, load_tokenizer
@@ -73,6 +74,17 @@ def build_model(model_cfg, *, load: str | None, seed: int, data_tokenizer: dict)
     return model, parent
 
 
+def compute_setup(dtype: str) -> tuple[torch.device, torch.dtype | None]:
+    """CUDA if present (bf16 autocast unless train.dtype=fp32), else CPU in fp32."""
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {dtype!r}")
+    if torch.cuda.is_available():
+        return torch.device("cuda"), None if dtype == "fp32" else torch.bfloat16
+    if dtype == "bf16":
+        raise ValueError("train.dtype=bf16 needs a CUDA device; CPU training runs in fp32 (train.dtype=auto)")
+    return torch.device("cpu"), None
+
+
 def _fp_from_dict(d: dict):
     from nemotron_core.tokenization import TokenizerFingerprint
 
@@ -108,8 +120,12 @@ def main(cfg: DictConfig) -> None:
         check_hf_exportable(adapted, model_cfg=to_object(cfg.model))  # fail now, not at save time
         log.info("LoRA r=%d alpha=%g on %d modules", peft.rank, peft.alpha, len(adapted))
     bias_rate = 0.0 if peft.name == "lora" else tc.moe_expert_bias_update_rate  # the base stays frozen
+    if tc.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    device, autocast_dtype = compute_setup(tc.dtype)
+    model.to(device)
     opt = to_object(cfg.optimizer)
-    optimizer = build_optimizer(model, opt, device_type="cpu")
+    optimizer = build_optimizer(model, opt, device_type=device.type)
     scheduler = build_scheduler(optimizer, sched=sched, peak_lr=opt.lr, min_lr=opt.min_lr, total_steps=tc.steps)
     lineage = Lineage(stage="stage1_sft/train", config=resolved, inputs=meta["inputs"], tokenizer=tok_fp.to_dict(), parent=parent)
     step, consumed_rows = 0, 0
@@ -140,11 +156,11 @@ def main(cfg: DictConfig) -> None:
             _, micro_batches = next(batches)
             result = train_step(model, optimizer, micro_batches, normalization=tc.loss_normalization,
                                 moe_aux_loss_coeff=tc.moe_aux_loss_coeff, moe_expert_bias_update_rate=bias_rate,
-                                grad_clip=opt.grad_clip, scheduler=scheduler)
+                                grad_clip=opt.grad_clip, scheduler=scheduler, autocast_dtype=autocast_dtype)
             step, consumed_rows = step + 1, consumed_rows + tc.global_batch_size
             record = result.metrics()
             if val_batches and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps):
-                record["val_loss"] = evaluate(model, val_batches)
+                record["val_loss"] = evaluate(model, val_batches, autocast_dtype=autocast_dtype)
             metrics.log(step, record)
             if (cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0) or step == end:
                 save_checkpoint(step=step, consumed_rows=consumed_rows, **ckpt)
