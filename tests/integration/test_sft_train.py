@@ -122,3 +122,23 @@ def test_lora_run_trains_only_the_adapter_and_exports_it(tmp_path):
 def test_activation_checkpointing_run_matches_golden(tmp_path):
     records = run_stage1(tmp_path, PREP, TRAIN, extra=["train.activation_checkpointing=true"])
     assert [r["loss"] for r in records] == pytest.approx(GOLDEN["loss"], rel=GOLDEN["tolerance"]["rel"])
+
+
+@pytest.mark.slow
+def test_local_2x2_sweep_gives_four_result_directories(tmp_path):
+    data = tmp_path / "data"
+    prep = [sys.executable, str(ROOT / "recipes/nano3/stage1_sft/data_prep.py"), f"data.output_dir={data}", "logging=quiet", *PREP]
+    assert subprocess.run(prep, cwd=tmp_path, capture_output=True, timeout=600).returncode == 0
+    cmd = [sys.executable, str(ROOT / "recipes/nano3/stage1_sft/train.py"), "-m", "optimizer.lr=1e-3,3e-3", "peft=none,lora",
+           f"data.path={data}", "logging=quiet", "train.steps=2", "train.global_batch_size=2", "train.micro_batch_size=2",
+           "scheduler.warmup_steps=0", "train.eval_every=0", "checkpoint.export_hf=false", "run_name=sweep", *PREP]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "outputs/stage1_sft/sweep").iterdir() if p.name.startswith("job"))
+    assert jobs == ["job0", "job1", "job2", "job3"]
+    for j in jobs:
+        d = tmp_path / "outputs/stage1_sft/sweep" / j
+        assert len((d / "metrics.jsonl").read_text().splitlines()) == 2
+        resolved = (d / "train.resolved.yaml").read_text()
+        assert f"out_dir: outputs/stage1_sft/sweep/{j}" in resolved
+    assert sum((tmp_path / "outputs/stage1_sft/sweep" / j / "adapter").is_dir() for j in jobs) == 2  # the lora jobs
