@@ -22,7 +22,7 @@ Layer anatomy (each layer: pre-RMSNorm weight [hidden] -> mixer -> residual add)
              shared expert up/down of width moe_shared_expert_intermediate_size x n_shared_experts
   mlp        up hidden -> intermediate_size, down back (no gate)
 Biases: mamba_proj_bias (in_proj, out_proj), use_conv_bias (conv1d), attention_bias (q, k, v, o),
-mlp_bias (routed experts, shared expert, dense MLP). Plus embedding and lm_head [vocab, hidden]
+mlp_bias (shared expert, dense MLP; routed experts never carry biases, as in HF's NemotronH). Plus embedding and lm_head [vocab, hidden]
 (lm_head absent when tie_word_embeddings) and the final norm [hidden].
 """
 
@@ -82,9 +82,9 @@ def attention_layer_params(cfg: ModelConfig) -> dict[str, int]:
 
 
 def expert_params(cfg: ModelConfig) -> int:
-    """Parameters of one routed expert: up hidden -> moe_intermediate_size, down back."""
+    """Parameters of one routed expert: up hidden -> moe_intermediate_size, down back (no biases)."""
     h, inter = cfg.hidden_size, cfg.moe_intermediate_size
-    return 2 * h * inter + ((inter + h) if cfg.mlp_bias else 0)
+    return 2 * h * inter
 
 
 def shared_expert_params(cfg: ModelConfig) -> int:

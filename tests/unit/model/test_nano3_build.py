@@ -134,9 +134,7 @@ def test_module_counts_equal_sizing_arithmetic(preset, repo_root, make_cfg):
         preset(repo_root / "conf/model/nano3_30b_a3b.yaml"),
         preset(repo_root / "conf/model/nano3_tiny.yaml"),
         make_cfg(),
-        # mlp_bias left out: transformers' NemotronH routed experts have no biases (we follow it),
-        # while sizing.py counts expert biases when mlp_bias is set.
-        make_cfg(mamba_proj_bias=True, attention_bias=True, use_conv_bias=False),
+        make_cfg(mamba_proj_bias=True, attention_bias=True, use_conv_bias=False, mlp_bias=True),
     ]
     for cfg in cfgs:
         arithmetic = count_parameters(cfg)

@@ -100,7 +100,7 @@ def test_biases_and_tying_change_counts(tiny):
     assert delta(mamba_proj_bias=True) == 5 * (392 + 128)
     assert delta(use_conv_bias=False) == -5 * 256
     # experts: 8 x (64 + 128); shared (128 + 128); dense MLP (256 + 128)
-    assert delta(mlp_bias=True) == 4 * (8 * (64 + 128) + (128 + 128)) + (256 + 128)
+    assert delta(mlp_bias=True) == 4 * (128 + 128) + (256 + 128)  # shared expert + dense MLP; routed experts have none
     tied = count_parameters(dataclasses.replace(tiny, tie_word_embeddings=True))
     assert tied.total == base.total - 4096 * 128 and tied.lm_head == 0
     assert tied.active == base.active  # the tied matrix is still the output projection
