@@ -25,10 +25,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from nemotron_core.config import ModelConfig  # noqa: E402
 from nemotron_core.constants import IGNORE_INDEX  # noqa: E402
+from nemotron_core.data.packed import collate_packed  # noqa: E402
 from nemotron_core.data.packing import pack_sequences  # noqa: E402
 from nemotron_core.data.records import read_records, resolve_inputs  # noqa: E402
 from nemotron_core.data.sft_prep import build_rows, tokenize_sequences  # noqa: E402
-from nemotron_core.data.packed import collate_packed  # noqa: E402
 from nemotron_core.model.nano3 import build_nano3  # noqa: E402
 from nemotron_core.paths import CONF_DIR, asset_path  # noqa: E402
 from nemotron_core.tokenization import load_tokenizer  # noqa: E402

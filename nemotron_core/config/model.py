@@ -7,7 +7,7 @@ code differs between them. Field names follow transformers' `NemotronHConfig` so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from omegaconf import MISSING
 

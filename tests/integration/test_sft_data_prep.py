@@ -201,7 +201,7 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
 def test_recipe_runs_and_dry_runs(tmp_path):
     script = ROOT / "recipes/nano3/stage1_sft/data_prep.py"
     out = tmp_path / "packed"
-    cmd = [sys.executable, str(script), f"data.output_dir={out}", "data.sample=60", "logging=quiet", f"run_name=test", f"hydra.run.dir={tmp_path}/run"]
+    cmd = [sys.executable, str(script), f"data.output_dir={out}", "data.sample=60", "logging=quiet", "run_name=test", f"hydra.run.dir={tmp_path}/run"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sequences ->" in proc.stdout and (out / "metadata.json").is_file()

@@ -25,7 +25,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from nemotron_core.checkpoint import export_hf, load_checkpoint, load_model_weights, resolve_resume, save_checkpoint
+from nemotron_core.checkpoint import (
+    export_hf,
+    load_checkpoint,
+    load_model_weights,
+    resolve_resume,
+    save_checkpoint,
+)
 from nemotron_core.config import register_configs, to_object
 from nemotron_core.data.packed import PackedDataset, collate_packed, iterate_batches
 from nemotron_core.lineage import Lineage, read_metadata

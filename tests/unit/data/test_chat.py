@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from nemotron_core.data.chat import ChunkingError, chunk_sequence, record_to_sequences, split_sequences, template_renderer
+from nemotron_core.data.chat import (
+    ChunkingError,
+    chunk_sequence,
+    record_to_sequences,
+    split_sequences,
+    template_renderer,
+)
 from nemotron_core.data.records import validate_record
 from nemotron_core.paths import asset_path
 from nemotron_core.tokenization import load_tokenizer

@@ -15,7 +15,7 @@ TOOL = {"type": "function", "function": {"name": "f", "description": "d", "param
 
 
 def write_jsonl(path, lines):
-    path.write_bytes(b"".join((l if isinstance(l, bytes) else json.dumps(l).encode()) + b"\n" for l in lines))
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else json.dumps(x).encode()) + b"\n" for x in lines))
     return path
 
 
