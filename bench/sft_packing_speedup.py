@@ -21,23 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from nemotron_core.config import ModelConfig  # noqa: E402
+from nemotron_core.config import load_model_preset  # noqa: E402
 from nemotron_core.constants import IGNORE_INDEX  # noqa: E402
 from nemotron_core.data.packed import collate_packed  # noqa: E402
 from nemotron_core.data.packing import pack_sequences  # noqa: E402
 from nemotron_core.data.records import read_records, resolve_inputs  # noqa: E402
 from nemotron_core.data.sft_prep import build_rows, tokenize_sequences  # noqa: E402
 from nemotron_core.model.nano3 import build_nano3  # noqa: E402
-from nemotron_core.paths import CONF_DIR, asset_path  # noqa: E402
+from nemotron_core.paths import asset_path  # noqa: E402
 from nemotron_core.tokenization import load_tokenizer  # noqa: E402
 
 
 def tiny_model() -> torch.nn.Module:
-    y = OmegaConf.load(CONF_DIR / "model" / "nano3_tiny.yaml")
-    y.pop("defaults")
-    return build_nano3(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), y)), seed=0)
+    return build_nano3(load_model_preset("nano3_tiny"), seed=0)
 
 
 def fwd_bwd(model, **kw) -> None:

@@ -33,6 +33,7 @@ from nemotron_core.parallel.memory import (  # noqa: E402
     PARAM_BYTES,
     estimate_memory,
     min_world_size,
+    resolve_dp,
 )
 from nemotron_core.paths import CONF_DIR  # noqa: E402
 
@@ -103,6 +104,9 @@ def describe(cfg: DictConfig, *, world_size: int | None = None) -> str:
     # --- layout
     if world_size is None and parallel.dp == -1:
         world_size = min_world_size(parallel)
+    dp = resolve_dp(parallel, world_size)
+    # pipeline in-flight count from the real step's micro-batches when they divide
+    n_micro = gbs // (mbs * dp) if parallel.pp > 1 and gbs % (mbs * dp) == 0 else None
     mem = estimate_memory(
         model,
         parallel,
@@ -111,20 +115,8 @@ def describe(cfg: DictConfig, *, world_size: int | None = None) -> str:
         dtype=dtype,
         activation_checkpointing=ac,
         world_size=world_size,
-        num_microbatches=None,
+        num_microbatches=n_micro,
     )
-    dp = mem.dp
-    if parallel.pp > 1 and gbs % (mbs * dp) == 0:  # pipeline in-flight count from the real step
-        mem = estimate_memory(
-            model,
-            parallel,
-            micro_batch_size=mbs,
-            seq_len=seq_len,
-            dtype=dtype,
-            activation_checkpointing=ac,
-            world_size=world_size,
-            num_microbatches=gbs // (mbs * dp),
-        )
     derived = " (dp derived from the world size)" if parallel.dp == -1 else ""
     lines += [
         f"parallel     {parallel.name}: tp={parallel.tp} pp={parallel.pp} dp={dp} ep={parallel.ep} "

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
+from nemotron_core.config import load_model_preset
 from nemotron_core.config.model import ModelConfig
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # torch.compile stays off in tests
@@ -67,11 +67,6 @@ def small_config(**overrides) -> ModelConfig:
     return dataclasses.replace(cfg, **overrides)
 
 
-def load_preset(path) -> ModelConfig:
-    values = OmegaConf.load(path)
-    values.pop("defaults", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), values))
-
 
 @pytest.fixture
 def small_cfg() -> ModelConfig:
@@ -87,4 +82,4 @@ def make_cfg():
 @pytest.fixture
 def preset():
     """`preset(path)` -> ModelConfig from a conf/model YAML."""
-    return load_preset
+    return load_model_preset

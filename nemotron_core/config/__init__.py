@@ -44,6 +44,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainConfig",
     "WandbConfig",
+    "load_model_preset",
     "register_configs",
     "to_object",
 ]
@@ -93,6 +94,21 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("nc.asset", lambda rel: str(asset_path(rel)), replace=True)
     OmegaConf.register_new_resolver("nc.job_suffix", _job_suffix, replace=True)
     _registered = True
+
+
+def load_model_preset(name_or_path) -> ModelConfig:
+    """A `conf/model/` option as a ModelConfig, without Hydra: `load_model_preset("nano3_tiny")`
+    or a path to such a YAML file (its `defaults` list is dropped; the schema checks the values)."""
+    from pathlib import Path
+
+    from nemotron_core.paths import CONF_DIR
+
+    path = Path(name_or_path)
+    if path.suffix != ".yaml":
+        path = CONF_DIR / "model" / f"{name_or_path}.yaml"
+    values = OmegaConf.load(path)
+    values.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), values))
 
 
 def to_object(node):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from omegaconf import OmegaConf
 
+from nemotron_core.config import load_model_preset
 from nemotron_core.config.model import ModelConfig
 from nemotron_core.model.sizing import (
     count_parameters,
@@ -15,13 +15,8 @@ from nemotron_core.model.sizing import (
     layer_params,
     training_flops_per_token,
 )
-from nemotron_core.paths import CONF_DIR
 
-
-def load_model(name: str) -> ModelConfig:
-    node = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-    node.pop("defaults")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))
+load_model = load_model_preset
 
 
 @pytest.fixture(scope="module")
