@@ -156,7 +156,7 @@ def chunk_sequence_single_render(
     block). Where it returns chunks they equal the reference's (tested on all shipped data).
     """
     full = render(messages, tools=tools, add_generation_prompt=False, enable_thinking=reasoning)
-    starts = [i for i in _find_all(full, _IM_START)]
+    starts = list(_find_all(full, _IM_START))
     if not starts or starts[0] != 0:
         return None
     ends = starts[1:] + [len(full)]

@@ -121,11 +121,8 @@ def _worker_init(tokenizer_path: str) -> None:
     _worker_tokenizer = load_tokenizer(tokenizer_path)
 
 
-def _worker_task(args):
-    records, truncate, on_error, single = args
-    return tokenize_sequences(
-        records, _worker_tokenizer, truncate_history_thinking=truncate, on_error=on_error, single_render=single
-    )
+def _worker_task(task):
+    return _tokenize_in_process(task, _worker_tokenizer)
 
 
 def _tokenize_all(records, *, tokenizer, tokenizer_path, truncate, on_error, num_workers, single_render) -> Iterator:
