@@ -528,6 +528,24 @@ def load_checkpoint(
     )
 
 
+def load_full_model(path: str | os.PathLike, model: torch.nn.Module) -> TrainerState:
+    """Load a checkpoint's weights into a full single-device `model` in THIS process only (no
+    collective, also while a process group exists): how rank 0 exports the HF model of a run
+    trained under any layout (DCP reshards from the saved shards). Returns the trainer state."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise FileNotFoundError(f"{os.fspath(path)!r} is not a checkpoint (no {TRAINER_STATE_FILE})")
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        dcp.load(state, checkpoint_id=path, no_dist=True)
+    model.load_state_dict(state["model"])
+    ts = read_trainer_state(path)
+    return TrainerState(path=path, step=int(ts["step"]), consumed_rows=int(ts["consumed_rows"]), tokenizer=ts.get("tokenizer"),
+                        config_hash=ts.get("config_hash"), world_size=int(ts.get("world_size", 1)), rng_restored=False,
+                        model_config=ts.get("model_config"), extra=ts.get("extra") or {})
+
+
 # Fields that change the weights' shapes or meaning: must agree between an HF config.json and the model.
 _ARCH_FIELDS = (
     "hybrid_override_pattern",

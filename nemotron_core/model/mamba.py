@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemotron_core.model.norms import GatedRMSNorm
+from nemotron_core.model.params import local
 
 # "auto": mamba_ssm / causal_conv1d kernels when importable and the input is on CUDA, else torch.
 # "torch": always the plain-torch path (the reference for tests).
@@ -309,10 +310,11 @@ class Mamba2Mixer(nn.Module):
         return self.d_inner + 2 * self.n_groups * self.state_size
 
     def _conv_params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w = torch.cat([self.conv_x.weight, self.conv_B.weight, self.conv_C.weight], dim=0).squeeze(1)
+        convs = (self.conv_x, self.conv_B, self.conv_C)
+        w = torch.cat([local(c.weight) for c in convs], dim=0).squeeze(1)
         if self.conv_x.bias is None:
             return w, None
-        return w, torch.cat([self.conv_x.bias, self.conv_B.bias, self.conv_C.bias], dim=0)
+        return w, torch.cat([local(c.bias) for c in convs], dim=0)
 
     @torch.no_grad()
     def reset_mamba_parameters(
@@ -353,7 +355,7 @@ class Mamba2Mixer(nn.Module):
         z = self.z_proj(hidden)
         xbc = torch.cat([self.x_proj(hidden), self.B_proj(hidden), self.C_proj(hidden)], dim=-1)
         dt = self.dt_proj(hidden)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(local(self.A_log).float())
         conv_w, conv_b = self._conv_params()
         h, p, g, n = self.num_heads, self.head_dim, self.n_groups, self.state_size
 
@@ -370,9 +372,9 @@ class Mamba2Mixer(nn.Module):
                 Bs.reshape(b, t, g, n),
                 Cs.reshape(b, t, g, n),
                 self.chunk_size,
-                D=self.D,
+                D=local(self.D),
                 z=None,
-                dt_bias=self.dt_bias,
+                dt_bias=local(self.dt_bias),
                 dt_softplus=True,
                 seq_idx=sidx,
             )
@@ -389,7 +391,7 @@ class Mamba2Mixer(nn.Module):
             causal_conv1d(xbc, conv_w, conv_b, seq_idx=seq_idx, initial=state.conv if filled else None)
         )
         xs, Bs, Cs = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
-        dt = F.softplus(dt + self.dt_bias)
+        dt = F.softplus(dt + local(self.dt_bias))
         xs_h = xs.reshape(b, t, h, p)
         out = ssd_scan(
             xs_h,
@@ -416,7 +418,7 @@ class Mamba2Mixer(nn.Module):
             state.filled = True
         else:
             y = out
-        y = y + xs_h.float() * self.D.float()[:, None]
+        y = y + xs_h.float() * local(self.D).float()[:, None]
         y = y.reshape(b, t, self.d_inner)
         return self.out_proj(self.norm(y, z).to(dtype))
 
@@ -431,9 +433,9 @@ class Mamba2Mixer(nn.Module):
             conv = conv + conv_b
         xbc = F.silu(conv)  # [b, C]
         xs, Bs, Cs = torch.split(xbc, [self.d_inner, g * n, g * n], dim=-1)
-        dt = F.softplus(dt[:, 0] + self.dt_bias)
+        dt = F.softplus(dt[:, 0] + local(self.dt_bias))
         xs_h = xs.reshape(b, h, p)
         y = ssd_step(state.ssm, xs_h, dt, A, Bs.reshape(b, g, n), Cs.reshape(b, g, n))
-        y = y + xs_h.float() * self.D.float()[:, None]
+        y = y + xs_h.float() * local(self.D).float()[:, None]
         y = y.reshape(b, 1, self.d_inner)
         return self.out_proj(self.norm(y, z).to(dtype))

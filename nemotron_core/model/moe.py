@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemotron_core.model.mlp import MLP, relu2
+from nemotron_core.model.params import local
 
 
 @dataclass
@@ -79,11 +80,12 @@ class GroupedExperts(nn.Module):
 
     def forward(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """x_sorted: [M, hidden] rows grouped by expert (counts[e] rows for expert e) -> [M, hidden]."""
+        up, down = local(self.up_proj), local(self.down_proj)  # this rank's experts / width under EP / TP
         outs = []
         for e, xe in enumerate(torch.split(x_sorted, counts, dim=0)):
             if counts[e] == 0:
                 continue
-            outs.append(F.linear(relu2(F.linear(xe, self.up_proj[e])), self.down_proj[e]))
+            outs.append(F.linear(relu2(F.linear(xe, up[e])), down[e]))
         if not outs:
             return x_sorted.new_zeros(x_sorted.shape)
         return torch.cat(outs, dim=0)

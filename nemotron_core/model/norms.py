@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemotron_core.model.params import local
+
 
 class RMSNorm(nn.Module):
     """`weight * x / sqrt(mean(x**2) + eps)`, in fp32, cast back to the input dtype."""
@@ -51,7 +53,7 @@ class GatedRMSNorm(nn.Module):
         h = h.view(*prefix, d // self.group_size, self.group_size)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         h = h.view(*prefix, d)
-        return self.weight * h.to(dtype)
+        return local(self.weight) * h.to(dtype)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)

@@ -21,7 +21,8 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
     Returns the number of blocks wrapped; idempotent.
     """
     wrapped = 0
-    for block in model.layers:
+    layers = model.layers
+    for block in layers.values() if isinstance(layers, nn.ModuleDict) else layers:
         if getattr(block, "_activation_checkpointed", False):
             continue
         block.forward = functools.partial(_checkpointed_forward, block.forward)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from nemotron_core.config.optim import OptimizerConfig
 
@@ -78,6 +79,9 @@ def build_optimizer(
     impl = opt.implementation
     if impl == "auto":
         impl = "fused" if device_type == "cuda" else "foreach"
+        kinds = {isinstance(p, DTensor) for g in groups for p in g["params"]}
+        if len(kinds) > 1:  # tensor parallel: sharded DTensors beside replicated plain tensors
+            impl = "for_loop"  # foreach / fused kernels refuse mixed lists
     kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     return torch.optim.AdamW(
         groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay, **kwargs

@@ -42,12 +42,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from nemotron_core.constants import IGNORE_INDEX
 from nemotron_core.data.packed import PackedBatch
 from nemotron_core.model.moe import Router, expert_bias_update
+from nemotron_core.parallel.grads import clip_grad_norm_
+from nemotron_core.parallel.mesh import ParallelState
 from nemotron_core.train.loss import cross_entropy_sum, sequence_losses, sequence_mean_sum
-from nemotron_core.train.optim import clip_grad_norm
 
 NORMALIZATIONS = ("token", "sequence")
 GRAD_REDUCTIONS = ("sum", "mean", "all_reduce")
@@ -108,20 +110,33 @@ def _grad_sync_context(model: nn.Module, sync: bool):
     return contextlib.nullcontext()
 
 
-def _all_reduce_grads(params: Sequence[torch.Tensor], group) -> None:
-    """SUM every gradient over `group`, coalesced into one buffer (missing grads count as 0)."""
-    if not _dp_active(group):
-        return
-    for p in params:
-        if p.grad is None:  # keep the buffer layout the same on every rank
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (an alias: in-place writes reach the DTensor), else `t`."""
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def _is_expert_sharded(p: torch.Tensor) -> bool:
+    """Routed-expert parameters under expert parallelism live on the `ep` mesh (`ParallelState.ep_mesh`)."""
+    return isinstance(p, DTensor) and "ep" in (p.device_mesh.mesh_dim_names or ())
+
+
+def _all_reduce_grads(params: Sequence[torch.Tensor], group, expert_group=None) -> None:
+    """SUM every gradient over `group` (expert-parallel ones over `expert_group`, the ranks holding
+    the same experts), one coalesced buffer each (missing grads count as 0)."""
+    for grp, members in ((group, [p for p in params if not _is_expert_sharded(p)]),
+                         (expert_group, [p for p in params if _is_expert_sharded(p)])):
+        if not _dp_active(grp) or not members:
+            continue
+        for p in members:
+            if p.grad is None:  # keep the buffer layout the same on every rank
+                p.grad = torch.zeros_like(p)
+        grads = [_local(p.grad) for p in members]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=grp)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -162,6 +177,51 @@ def _local_counts(batch: PackedBatch) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Step
 # ---------------------------------------------------------------------------------------------
+
+
+def micro_batch_loss(
+    logits: torch.Tensor, batch: PackedBatch, *, normalization: str, n_tokens: int, n_docs_trainable: int
+) -> torch.Tensor:
+    """This micro-batch's share of the step's CE term: its CE sum / N (token) or its documents'
+    mean CEs / D (sequence). logits: [T, V]."""
+    if normalization == "token":
+        loss_sum, _ = cross_entropy_sum(logits, batch.labels)
+        return loss_sum / n_tokens
+    doc_sum, doc_count = sequence_losses(logits, batch.labels, batch.doc_ids, num_docs=batch.cu_seqlens.numel() - 1)
+    return sequence_mean_sum(doc_sum, doc_count) / n_docs_trainable
+
+
+def _forward_backward(
+    model, micro_batches, *, device, normalization, n_tokens, n_docs_trainable, moe_aux_loss_coeff, n_segments,
+    scale, autocast_dtype,
+):
+    """Forward/backward each micro-batch in turn; returns (CE term, aux term, expert load) of this rank."""
+    lm_local = torch.zeros((), dtype=torch.float64, device=device)
+    aux_local = torch.zeros((), dtype=torch.float64, device=device)
+    load = None
+    for i, batch in enumerate(micro_batches):
+        batch = batch.to(device, non_blocking=True)
+        sync = i == len(micro_batches) - 1
+        with _grad_sync_context(model, sync):
+            with _autocast(device, autocast_dtype):
+                out = _forward(model, batch)
+            logits = out.logits.reshape(-1, out.logits.shape[-1])  # [T, V]
+            lm = micro_batch_loss(logits, batch, normalization=normalization, n_tokens=n_tokens,
+                                  n_docs_trainable=n_docs_trainable)
+            loss = lm
+            if moe_aux_loss_coeff > 0 and out.moe_aux_loss is not None:
+                # The model returns the mean over this micro-batch's segments; x segments = the sum.
+                segments = batch.cu_seqlens.numel() - 1
+                aux = moe_aux_loss_coeff * out.moe_aux_loss.float().sum() * (segments / n_segments)
+                loss = loss + aux
+                aux_local += aux.detach().double()
+            (loss * scale).backward()  # x 1.0 is exact
+        lm_local += lm.detach().double()
+        if out.moe_load is not None:
+            mb_load = out.moe_load.detach().double()
+            load = mb_load if load is None else load + mb_load
+    return lm_local, aux_local, load
+
 
 
 def moe_load_imbalance(load: torch.Tensor) -> float:
@@ -221,6 +281,8 @@ def train_step(
     dp_group=None,
     grad_reduction: str = "sum",
     autocast_dtype: torch.dtype | None = None,
+    parallel: ParallelState | None = None,
+    pipeline=None,
 ) -> StepResult:
     """Forward/backward every micro-batch, then clip, optimizer.step, scheduler.step, zero_grad.
 
@@ -239,6 +301,11 @@ def train_step(
         dp_group: the data-parallel process group; None (or no initialised process group) = local.
         grad_reduction: "sum", "mean" or "all_reduce" (module docstring).
         autocast_dtype: e.g. torch.bfloat16 for autocast; None = the parameters' dtype.
+        parallel: the layout (`nemotron_core.parallel.mesh.ParallelState`): the gradient norm is
+            global over tp / ep / FSDP shards and pipeline stages, expert gradients are summed over
+            the ranks holding the same experts; None = one process (or plain dp replicas).
+        pipeline: a `nemotron_core.parallel.pipeline.Pipeline` under pp > 1: it runs the
+            micro-batches through the schedule (same loss terms, computed on the last stage).
 
     Raises:
         ValueError: for an unknown normalization or grad_reduction, no micro-batches, or a step with
@@ -265,50 +332,36 @@ def train_step(
         )
     scale = float(dp_size) if grad_reduction == "mean" else 1.0
 
-    lm_local = torch.zeros((), dtype=torch.float64, device=device)
-    aux_local = torch.zeros((), dtype=torch.float64, device=device)
-    load = None
-    for i, batch in enumerate(micro_batches):
-        batch = batch.to(device, non_blocking=True)
-        sync = i == len(micro_batches) - 1
-        with _grad_sync_context(model, sync):
-            with _autocast(device, autocast_dtype):
-                out = _forward(model, batch)
-            logits = out.logits.reshape(-1, out.logits.shape[-1])  # [T, V]
-            if normalization == "token":
-                loss_sum, _ = cross_entropy_sum(logits, batch.labels)
-                lm = loss_sum / n_tokens
-            else:
-                doc_sum, doc_count = sequence_losses(
-                    logits, batch.labels, batch.doc_ids, num_docs=batch.cu_seqlens.numel() - 1
-                )
-                lm = sequence_mean_sum(doc_sum, doc_count) / n_docs_trainable
-            loss = lm
-            if moe_aux_loss_coeff > 0 and out.moe_aux_loss is not None:
-                # The model returns the mean over this micro-batch's segments; x segments = the sum.
-                segments = batch.cu_seqlens.numel() - 1
-                aux = moe_aux_loss_coeff * out.moe_aux_loss.float().sum() * (segments / n_segments)
-                loss = loss + aux
-                aux_local += aux.detach().double()
-            (loss * scale).backward()  # x 1.0 is exact
-        lm_local += lm.detach().double()
-        if out.moe_load is not None:
-            mb_load = out.moe_load.detach().double()
-            load = mb_load if load is None else load + mb_load
+    if pipeline is not None:
+        lm_local, aux_local, load = pipeline.forward_backward(
+            micro_batches, normalization=normalization, n_tokens=n_tokens, n_docs_trainable=n_docs_trainable,
+            moe_aux_loss_coeff=moe_aux_loss_coeff, n_segments=n_segments, scale=scale,
+        )
+    else:
+        lm_local, aux_local, load = _forward_backward(
+            model, micro_batches, device=device, normalization=normalization, n_tokens=n_tokens,
+            n_docs_trainable=n_docs_trainable, moe_aux_loss_coeff=moe_aux_loss_coeff, n_segments=n_segments,
+            scale=scale, autocast_dtype=autocast_dtype,
+        )
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if grad_reduction == "all_reduce":
-        _all_reduce_grads(params, dp_group)
+        _all_reduce_grads(params, dp_group, parallel.edp_group if parallel is not None and parallel.ep > 1 else dp_group)
 
     # One reduction of what was computed: loss terms and expert load.
     stats = [lm_local.reshape(1), aux_local.reshape(1)]
     if load is not None:
         stats.append(load.reshape(-1))
-    stats = all_reduce_sum(torch.cat(stats), dp_group).cpu()
+    stats = all_reduce_sum(torch.cat(stats), dp_group)
+    pp_group = parallel.pp_group if parallel is not None else None
+    if pp_group is not None:  # loss terms live on (the last / every) stage: sum over stages
+        terms = all_reduce_sum(stats[:2].clone(), pp_group)
+        stats = torch.cat([terms, stats[2:]])
+    stats = stats.cpu()
     lm_loss, aux_loss = float(stats[0]), float(stats[1])
     global_load = stats[2:].reshape(load.shape) if load is not None else None
 
-    grad_norm = float(clip_grad_norm(params, grad_clip))
+    grad_norm = float(clip_grad_norm_(params, grad_clip, pp_group=pp_group))
     lr = float(optimizer.param_groups[0]["lr"])
     optimizer.step()
     if scheduler is not None:
@@ -346,6 +399,8 @@ def evaluate(
     *,
     dp_group=None,
     autocast_dtype: torch.dtype | None = None,
+    parallel: ParallelState | None = None,
+    pipeline=None,
 ) -> float:
     """Mean token CE over all trainable tokens of `batches` (and of all dp ranks' batches).
 
@@ -361,6 +416,9 @@ def evaluate(
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     try:
+        if pipeline is not None:  # the last stage computes, pp-summed (parallel.pp_group)
+            total += pipeline.evaluate(list(batches)).to(device)
+            batches = ()
         for batch in batches:
             batch = batch.to(device, non_blocking=True)
             with _autocast(device, autocast_dtype):

@@ -19,26 +19,27 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nemotron_core.checkpoint import (
     export_hf,
     load_checkpoint,
     load_model_weights,
     resolve_resume,
-    save_checkpoint,
 )
-from nemotron_core.config import TrainConfig, register_configs, to_object
-from nemotron_core.data.packed import PackedDataset, collate_packed, iterate_batches
+from nemotron_core.checkpoint.dcp import load_full_model
+from nemotron_core.config import register_configs, to_object
+from nemotron_core.data.packed import PackedDataset
+from nemotron_core.launch import launch, launch_rank
 from nemotron_core.lineage import Lineage, read_metadata
 from nemotron_core.model.nano3 import build_nano3
 from nemotron_core.model.sizing import count_parameters
-from nemotron_core.parallel.activation import apply_activation_checkpointing
+from nemotron_core.parallel import ParallelState, parallelize
+from nemotron_core.parallel.pipeline import merge_stages
 from nemotron_core.peft import apply_lora, check_hf_exportable, merge_lora, save_adapter
 from nemotron_core.runtime import log_and_save_config, seed_everything, setup_logging
 from nemotron_core.tokenization import (
@@ -47,22 +48,23 @@ from nemotron_core.tokenization import (
     fingerprint,
     load_tokenizer,
 )
+from nemotron_core.train.loop import Run, train_loop, validation_batches
 from nemotron_core.train.metrics import MetricsLogger, plot_loss_curve
 from nemotron_core.train.optim import build_optimizer
 from nemotron_core.train.schedule import build_scheduler, validate_schedule
-from nemotron_core.train.step import evaluate, grad_accumulation_steps, train_step
+from nemotron_core.train.step import grad_accumulation_steps
 
 register_configs()
 log = logging.getLogger("stage1_sft")
 
 
 # ----------------------------------------------------------------------------- build
-def check_layout(parallel) -> None:
-    """This recipe trains in one process; the parallel layouts arrive with nemotron_core.parallel."""
-    if parallel.tp * parallel.pp * max(parallel.dp, 1) * parallel.ep != 1:
+def check_layout(parallel, peft) -> None:
+    """What this recipe cannot combine yet, before anything is allocated."""
+    if peft.name == "lora" and parallel.tp > 1:
         raise ValueError(
-            f"parallel={parallel.name} (tp={parallel.tp} pp={parallel.pp} dp={parallel.dp} ep={parallel.ep}) "
-            "needs the multi-process trainer, which stage 1 does not have yet: use parallel=single"
+            f"peft=lora with parallel.tp={parallel.tp}: LoRA adapters are not tensor-parallel yet; "
+            "use a layout with tp=1 (dp, fsdp, pp and ep work with LoRA)"
         )
 
 
@@ -87,48 +89,24 @@ def build_model(model_cfg, *, load: str | None, seed: int, tokenizer_fp: Tokeniz
     return model, parent
 
 
-def compute_setup(dtype: str) -> tuple[torch.device, torch.dtype | None]:
-    """CUDA if present (bf16 autocast unless train.dtype=fp32), else CPU in fp32."""
+def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA unless train.dtype=fp32; CPU trains in fp32."""
     if dtype not in ("auto", "fp32", "bf16"):
         raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {dtype!r}")
-    if torch.cuda.is_available():
-        return torch.device("cuda"), None if dtype == "fp32" else torch.bfloat16
+    if device.type == "cuda":
+        return None if dtype == "fp32" else torch.bfloat16
     if dtype == "bf16":
         raise ValueError("train.dtype=bf16 needs a CUDA device; CPU training runs in fp32 (train.dtype=auto)")
-    return torch.device("cpu"), None
+    return None
 
 
-def validation_batches(valid: PackedDataset, *, micro_batch_size: int, max_batches: int):
-    n = min(len(valid), micro_batch_size * max_batches)
-    return [collate_packed([valid[j] for j in range(i, min(i + micro_batch_size, n))]) for i in range(0, n, micro_batch_size)]
-
-
-@dataclass
-class Run:
-    """Everything the loop and the final save need, built once from the config."""
-
-    out_dir: Path
-    train: TrainConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    train_rows: PackedDataset
-    val_batches: list
-    autocast_dtype: torch.dtype | None
-    bias_rate: float
-    grad_clip: float
-    checkpoint: dict  # save_checkpoint's fixed arguments
-    checkpoint_every: int  # checkpoint.save_every (0: only at the end)
-    step: int = 0
-    consumed_rows: int = 0
-
-
-def build(cfg: DictConfig, resolved: dict) -> Run:
-    """Tokenizer check -> data -> model (+ LoRA, activation checkpointing) -> optimizer -> resume."""
-    tc, opt, sched, peft = (to_object(cfg[k]) for k in ("train", "optimizer", "scheduler", "peft"))
-    check_layout(to_object(cfg.parallel))
+def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:
+    """Tokenizer check -> data -> model (+ LoRA) -> parallelize -> optimizer -> resume."""
+    tc, opt, sched, peft, par = (to_object(cfg[k]) for k in ("train", "optimizer", "scheduler", "peft", "parallel"))
+    check_layout(par, peft)
     validate_schedule(sched, total_steps=tc.steps)
-    accum = grad_accumulation_steps(tc.global_batch_size, tc.micro_batch_size, 1)
+    accum = grad_accumulation_steps(tc.global_batch_size, tc.micro_batch_size, state.dp)
+    autocast_dtype = autocast_dtype_for(tc.dtype, state.device)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     tok_fp = fingerprint(tokenizer, name=cfg.tokenizer.name, path=cfg.tokenizer.path)
     meta, train_rows, valid_rows = load_data(cfg.data.path, tok_fp)
@@ -137,84 +115,87 @@ def build(cfg: DictConfig, resolved: dict) -> Run:
         adapted = apply_lora(model, peft)  # freezes the base, router and expert bias included
         check_hf_exportable(adapted, model_cfg=to_object(cfg.model))  # fail now, not at save time
         log.info("LoRA r=%d alpha=%g on %d modules", peft.rank, peft.alpha, len(adapted))
-    if tc.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    device, autocast_dtype = compute_setup(tc.dtype)
-    model.to(device)
-    optimizer = build_optimizer(model, opt, device_type=device.type)
+    model.to(state.device)
+    stages, pipeline = parallelize(
+        model, state, model_cfg=to_object(cfg.model), activation_checkpointing=tc.activation_checkpointing,
+        compile=tc.compile, pp_schedule=par.pp_schedule, pp_virtual_stages=par.pp_virtual_stages, n_microbatches=accum,
+        micro_batch_tokens=tc.micro_batch_size * cfg.data.pack_size, mixed_precision=autocast_dtype is not None,
+    )
+    model = merge_stages(stages)  # this rank's parameters, under their full-model names
+    optimizer = build_optimizer(model, opt, device_type=state.device.type)
     scheduler = build_scheduler(optimizer, sched=sched, peak_lr=opt.lr, min_lr=opt.min_lr, total_steps=tc.steps)
     out_dir = Path(cfg.out_dir)
     lineage = Lineage(stage="stage1_sft/train", config=resolved, inputs=meta["inputs"], tokenizer=tok_fp.to_dict(), parent=parent)
     run = Run(
         out_dir=out_dir, train=tc, model=model, optimizer=optimizer, scheduler=scheduler, train_rows=train_rows,
-        val_batches=validation_batches(valid_rows, micro_batch_size=tc.micro_batch_size, max_batches=tc.eval_batches),
+        val_batches=validation_batches(valid_rows, micro_batch_size=tc.micro_batch_size, max_batches=tc.eval_batches,
+                                       dp_rank=state.dp_rank, dp_size=state.dp, pad_to=None),
         autocast_dtype=autocast_dtype, grad_clip=opt.grad_clip,
         bias_rate=0.0 if peft.name == "lora" else tc.moe_expert_bias_update_rate,  # LoRA keeps the base frozen
         checkpoint=dict(out_dir=out_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer_dir=cfg.tokenizer.path,
                         tokenizer_fp=tok_fp.to_dict(), lineage=lineage, keep_last=cfg.checkpoint.keep_last),
-        checkpoint_every=cfg.checkpoint.save_every,
+        checkpoint_every=cfg.checkpoint.save_every, state=state, pipeline=pipeline,
+        grad_reduction="all_reduce" if state.dp > 1 and not state.fsdp else "sum",
     )
     if (resume := resolve_resume(cfg.checkpoint.resume, out_dir)) is not None:
-        state = load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
-        run.step, run.consumed_rows = state.step, state.consumed_rows
+        ckpt = load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        run.step, run.consumed_rows, run.checkpoint_path = ckpt.step, ckpt.consumed_rows, resume
     counts = count_parameters(to_object(cfg.model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
-        "model %s: %s parameters (%s active, %s trainable); %d train rows (%d epochs in %d steps); global batch %d rows = "
-        "%d micro-batches of %d, up to %d tokens per step; starting at step %d",
-        cfg.model.name, f"{counts.total:,}", f"{counts.active:,}", f"{trainable:,}", len(train_rows),
+        "model %s: %s parameters (%s active, %s trainable on this rank); %s; %d train rows (%d epochs in %d steps); "
+        "global batch %d rows = %d micro-batches of %d x dp %d, up to %d tokens per step; starting at step %d",
+        cfg.model.name, f"{counts.total:,}", f"{counts.active:,}", f"{trainable:,}", state.describe(), len(train_rows),
         math.ceil(tc.steps * tc.global_batch_size / len(train_rows)), tc.steps, tc.global_batch_size, accum,
-        tc.micro_batch_size, tc.global_batch_size * cfg.data.pack_size, run.step,
+        tc.micro_batch_size, state.dp, tc.global_batch_size * cfg.data.pack_size, run.step,
     )
     return run
 
 
-def train(run: Run, *, data_seed: int, metrics: MetricsLogger) -> None:
-    """The loop: one optimizer step per global batch, validation and checkpoints on schedule."""
-    tc = run.train
-    batches = iterate_batches(run.train_rows, micro_batch_size=tc.micro_batch_size, global_batch_size=tc.global_batch_size,
-                              dp_rank=0, dp_size=1, seed=data_seed, start_row=run.consumed_rows)
-    end = tc.steps if tc.stop_after_steps is None else min(tc.steps, run.step + tc.stop_after_steps)
-    while run.step < end:
-        _, micro_batches = next(batches)
-        result = train_step(run.model, run.optimizer, micro_batches, normalization=tc.loss_normalization,
-                            moe_aux_loss_coeff=tc.moe_aux_loss_coeff, moe_expert_bias_update_rate=run.bias_rate,
-                            grad_clip=run.grad_clip, scheduler=run.scheduler, autocast_dtype=run.autocast_dtype)
-        run.step, run.consumed_rows = run.step + 1, run.consumed_rows + tc.global_batch_size
-        record = result.metrics()
-        if run.val_batches and ((tc.eval_every and run.step % tc.eval_every == 0) or run.step == tc.steps):
-            record["val_loss"] = evaluate(run.model, run.val_batches, autocast_dtype=run.autocast_dtype)
-        metrics.log(run.step, record)
-        if (run.checkpoint_every and run.step % run.checkpoint_every == 0) or run.step == end:
-            save_checkpoint(step=run.step, consumed_rows=run.consumed_rows, **run.checkpoint)
-
-
 def finish(run: Run, cfg: DictConfig) -> None:
-    """Loss curve; when the run is complete: the LoRA adapter and the (merged) HF export."""
-    plot_loss_curve(run.out_dir / cfg.logging.metrics_file, run.out_dir / "loss_curve.png", title=f"{cfg.run_name} (stage 1 SFT)")
+    """Loss curve; when the run is complete: the LoRA adapter and the (merged) HF export (rank 0).
+
+    One process exports its live model; a parallel run exports from its final checkpoint, loaded
+    into a full single-device model on rank 0 (DCP reshards), so every layout exports the same."""
     if run.step < run.train.steps:
-        return  # stopped early (train.stop_after_steps): the next job resumes from the checkpoint
+        return  # stopped early (train.stop_after_steps / preemption): the next job resumes from the checkpoint
+    model = run.model
+    if run.state.distributed:
+        if run.state.rank != 0:
+            return
+        model = build_nano3(to_object(cfg.model), seed=cfg.seed)
+        if cfg.peft.name == "lora":
+            apply_lora(model, to_object(cfg.peft))
+        load_full_model(run.checkpoint_path, model)
+    plot_loss_curve(run.out_dir / cfg.logging.metrics_file, run.out_dir / "loss_curve.png", title=f"{cfg.run_name} (stage 1 SFT)")
     if cfg.peft.name == "lora":
-        save_adapter(run.out_dir / "adapter", run.model, to_object(cfg.peft), model_cfg=to_object(cfg.model), overwrite=True)
+        save_adapter(run.out_dir / "adapter", model, to_object(cfg.peft), model_cfg=to_object(cfg.model), overwrite=True)
         log.info("saved the LoRA adapter (PEFT layout) to %s", run.out_dir / "adapter")
-        merge_lora(run.model)  # the HF export below is the merged model
+        merge_lora(model)  # the HF export below is the merged model
     if cfg.checkpoint.export_hf:
-        export_hf(run.out_dir / "hf", run.model, model_cfg=to_object(cfg.model), tokenizer_dir=cfg.tokenizer.path,
+        export_hf(run.out_dir / "hf", model, model_cfg=to_object(cfg.model), tokenizer_dir=cfg.tokenizer.path,
                   lineage=run.checkpoint["lineage"])
         log.info("exported Hugging Face NemotronH model to %s", run.out_dir / "hf")
 
 
 # ----------------------------------------------------------------------------- main
+def job(cfg: DictConfig, state: ParallelState) -> None:
+    """One rank's run: build, loop, save."""
+    setup_logging(cfg.logging.level, rank=state.rank)
+    seed_everything(cfg.seed)
+    run = build(cfg, OmegaConf.to_container(cfg, resolve=True), state)  # tokenizer check, data, model, optimizer, resume
+    with MetricsLogger(run.out_dir, metrics_file=cfg.logging.metrics_file, wandb=to_object(cfg.logging.wandb), run_name=cfg.run_name,
+                       config=run.checkpoint["lineage"].config, total_steps=run.train.steps, start_step=run.step,
+                       progress_bar=cfg.logging.progress_bar, rank=state.rank) as metrics:
+        train_loop(run, data_seed=cfg.data.seed, metrics=metrics)  # the loop
+    finish(run, cfg)  # loss curve, adapter, HF export
+
+
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="stage1_sft")
 def main(cfg: DictConfig) -> None:
-    setup_logging(cfg.logging.level)
-    resolved = log_and_save_config(cfg, out_dir=cfg.out_dir, job_name="train")  # printed and saved; fails on ???
-    seed_everything(cfg.seed)
-    run = build(cfg, resolved)  # tokenizer check, data, model, optimizer, resume
-    with MetricsLogger(run.out_dir, metrics_file=cfg.logging.metrics_file, wandb=to_object(cfg.logging.wandb), run_name=cfg.run_name,
-                       config=resolved, total_steps=run.train.steps, start_step=run.step, progress_bar=cfg.logging.progress_bar) as metrics:
-        train(run, data_seed=cfg.data.seed, metrics=metrics)  # the loop
-    finish(run, cfg)  # loss curve, adapter, HF export
+    setup_logging(cfg.logging.level, rank=launch_rank())
+    log_and_save_config(cfg, out_dir=cfg.out_dir, job_name="train", rank=launch_rank())  # printed and saved; fails on ???
+    launch(job, cfg, parallel=to_object(cfg.parallel), model=to_object(cfg.model))  # local workers, torchrun or Slurm
 
 
 if __name__ == "__main__":
