@@ -5,7 +5,7 @@ weights, per-head vectors, the gated norm's weight, routed experts) into DTensor
 a mesh, and sets the module's head / group / expert counts to this rank's share. The model's math
 then runs on the local shard; autograd routes the gradient back to the DTensor parameter. With
 no parallelism every parameter is a plain tensor and `local` is the identity. (Duck-typed: the
-model package imports nothing from torch.distributed.)
+model package imports nothing distributed.)
 """
 
 from __future__ import annotations
