@@ -255,8 +255,17 @@ def build_pipeline(
             "schedule needs pp_virtual_stages >= 2, the others exactly 1"
         )
     n_stages = state.pp * virtual_stages
+    t, h, v = micro_batch_tokens, stages[0].cfg.hidden_size, stages[0].cfg.vocab_size
+
+    def meta(*shape, dtype=torch.float32):  # hidden states carry gradients between stages
+        return torch.empty(*shape, dtype=dtype, device="meta", requires_grad=dtype.is_floating_point)
+
+    # Static shapes (fixed micro-batch length): no metadata inference run, which would call the
+    # stage's forward outside the step's micro-batch order.
     pp_stages = [
-        PipelineStage(m, stage_index=s, num_stages=n_stages, device=state.device, group=state.pp_group)
+        PipelineStage(m, stage_index=s, num_stages=n_stages, device=state.device, group=state.pp_group,
+                      input_args=meta(1, t, dtype=torch.long) if m.first else meta(1, t, h),
+                      output_args=meta(1, t, v) if m.last else meta(1, t, h))
         for m, s in zip(stages, range(state.pp_rank, n_stages, state.pp))
     ]
     pipe = Pipeline(stages, None, state, micro_batch_tokens=micro_batch_tokens, n_microbatches=n_microbatches)
