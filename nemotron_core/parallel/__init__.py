@@ -26,6 +26,23 @@ from nemotron_core.parallel.activation import apply_activation_checkpointing
 from nemotron_core.parallel.mesh import ParallelState, build_parallel_state
 
 
+def check_run(
+    model_cfg: ModelConfig, parallel, *, global_batch_size: int, micro_batch_size: int, world_size: int | None = None
+) -> int:
+    """Every layout check that needs no allocation, each error naming its config keys: world size
+    vs pp x dp x tp, divisibility of heads / KV heads / Mamba heads and groups / experts / widths by
+    tp and ep, layers vs pipeline stages, the batch split over dp and micro-batches vs pp. Returns dp."""
+    from nemotron_core.parallel.memory import validate_layout
+    from nemotron_core.parallel.pipeline import validate_pipeline
+    from nemotron_core.train.step import grad_accumulation_steps
+
+    dp = validate_layout(model_cfg, parallel, world_size=world_size)
+    accum = grad_accumulation_steps(global_batch_size, micro_batch_size, dp)
+    validate_pipeline(pp=parallel.pp, schedule=parallel.pp_schedule, virtual_stages=parallel.pp_virtual_stages,
+                      n_microbatches=accum, num_layers=model_cfg.num_layers)
+    return dp
+
+
 def parallelize(
     model: nn.Module,
     state: ParallelState,
@@ -77,4 +94,4 @@ def _blocks(m: nn.Module):
     return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
 
 
-__all__ = ["ParallelState", "build_parallel_state", "parallelize"]
+__all__ = ["ParallelState", "build_parallel_state", "check_run", "parallelize"]

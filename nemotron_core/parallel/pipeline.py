@@ -230,6 +230,30 @@ class Pipeline:
         return total
 
 
+def validate_pipeline(*, pp: int, schedule: str, virtual_stages: int, n_microbatches: int, num_layers: int) -> None:
+    """Checks before anything is allocated, naming the config keys (ValueError)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"parallel.pp_schedule={schedule!r} is not one of {list(SCHEDULES)}")
+    if pp == 1:
+        return
+    if (schedule == "Interleaved1F1B") != (virtual_stages > 1):
+        raise ValueError(
+            f"parallel.pp_schedule={schedule} with parallel.pp_virtual_stages={virtual_stages}: the interleaved "
+            "schedule needs pp_virtual_stages >= 2, the others exactly 1"
+        )
+    if pp * virtual_stages > num_layers:
+        raise ValueError(
+            f"parallel.pp x parallel.pp_virtual_stages = {pp} x {virtual_stages} stages exceed the {num_layers} layers "
+            "of model.hybrid_override_pattern"
+        )
+    if schedule != "GPipe" and (n_microbatches < pp or (virtual_stages > 1 and n_microbatches % pp)):
+        raise ValueError(
+            f"parallel.pp_schedule={schedule} with parallel.pp={pp} needs at least pp micro-batches per step"
+            f"{' (a multiple of pp)' if virtual_stages > 1 else ''}, got {n_microbatches} = train.global_batch_size / "
+            "(train.micro_batch_size x dp): raise train.global_batch_size or lower train.micro_batch_size"
+        )
+
+
 def build_pipeline(
     stages: list[StageModule],
     state: ParallelState,
@@ -247,13 +271,8 @@ def build_pipeline(
         ScheduleInterleaved1F1B,
     )
 
-    if schedule not in SCHEDULES:
-        raise ValueError(f"parallel.pp_schedule={schedule!r} is not one of {list(SCHEDULES)}")
-    if (schedule == "Interleaved1F1B") != (virtual_stages > 1):
-        raise ValueError(
-            f"parallel.pp_schedule={schedule} with parallel.pp_virtual_stages={virtual_stages}: the interleaved "
-            "schedule needs pp_virtual_stages >= 2, the others exactly 1"
-        )
+    validate_pipeline(pp=state.pp, schedule=schedule, virtual_stages=virtual_stages, n_microbatches=n_microbatches,
+                      num_layers=stages[0].cfg.num_layers)
     n_stages = state.pp * virtual_stages
     t, h, v = micro_batch_tokens, stages[0].cfg.hidden_size, stages[0].cfg.vocab_size
 
@@ -278,4 +297,4 @@ def build_pipeline(
     return pipe
 
 
-__all__ = ["SCHEDULES", "Pipeline", "StageModule", "build_pipeline", "merge_stages", "split_stages"]
+__all__ = ["SCHEDULES", "Pipeline", "StageModule", "build_pipeline", "merge_stages", "split_stages", "validate_pipeline"]
