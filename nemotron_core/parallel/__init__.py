@@ -87,6 +87,15 @@ def parallelize(
     return modules, pipeline
 
 
+def grad_reduction_for(state: ParallelState) -> str:
+    """`train_step`'s grad_reduction for a layout parallelized by `parallelize`: FSDP2 (applied when
+    fsdp and dp > 1) sums by itself; otherwise replicas are summed explicitly, dense gradients over
+    dp and routed-expert ones over edp (which can exceed 1 with dp = 1 when ep < tp)."""
+    if state.fsdp and state.dp > 1:
+        return "sum"
+    return "all_reduce" if state.dp > 1 or (state.ep > 1 and state.edp > 1) else "sum"
+
+
 def _blocks(m: nn.Module):
     layers = getattr(m, "layers", None)
     if layers is None:
@@ -94,4 +103,4 @@ def _blocks(m: nn.Module):
     return list(layers.values()) if isinstance(layers, nn.ModuleDict) else list(layers)
 
 
-__all__ = ["ParallelState", "build_parallel_state", "check_run", "parallelize"]
+__all__ = ["ParallelState", "build_parallel_state", "check_run", "grad_reduction_for", "parallelize"]

@@ -14,13 +14,16 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.placement_types import _StridedShard
 
 
 def _shard_groups(g: torch.Tensor) -> tuple:
     if not isinstance(g, DTensor):
         return ()
     mesh = g.device_mesh
-    return tuple(mesh.get_group(i) for i, p in enumerate(g.placements) if p.is_shard() and mesh.size(i) > 1)
+    # FSDP over a dim already split by TP / EP gives _StridedShard, whose is_shard() is False on torch 2.13
+    return tuple(mesh.get_group(i) for i, p in enumerate(g.placements)
+                 if (p.is_shard() or isinstance(p, _StridedShard)) and mesh.size(i) > 1)
 
 
 def global_grad_norm(params: Iterable[torch.Tensor], *, pp_group=None) -> torch.Tensor:

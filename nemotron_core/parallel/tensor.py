@@ -8,8 +8,9 @@ Plans are data (`PLANS`): for each block kind, module path -> style. Styles:
                  (`nemotron_core.model.params.local`)
     experts_tp   routed experts split on the intermediate width (ep = 1 only): up Shard(1),
                  down Shard(2); input copied into the TP region, output all-reduced
-    kv_replicated  k/v projections when tp > KV heads: the weight stays whole on every rank,
-                 each rank keeps the KV head its query heads use; weight gradients summed over tp
+    kv_replicated  k/v projections when tp > KV heads: each rank keeps the one KV head its query
+                 heads use (DTensor [Shard(0), Replicate()] on a (kv, kvrep) view of the tp ranks);
+                 ranks sharing a head sum their weight gradients
 Replicated (no style): block norms, the final norm, the router and its `e_score_correction_bias`,
 biases of rowwise layers. The embedding is split over the vocabulary (rowwise on nn.Embedding)
 and lm_head over the vocabulary with the logits all-gathered (colwise, Replicate output).
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from nemotron_core.model.params import local
 from nemotron_core.parallel.mesh import ParallelState
 
 PLANS: dict[str, dict[str, str]] = {
@@ -83,31 +86,47 @@ def _shard_params(module: nn.Module, mesh, dim: int, names=None) -> None:
         module.register_parameter(name, nn.Parameter(distribute_tensor(p.data, mesh, [Shard(dim)]), requires_grad=p.requires_grad))
 
 
-def _sum_grad_over_tp(p: nn.Parameter, group) -> None:
+def _sum_grad_over(p: nn.Parameter, group) -> None:
+    """Sum `p`'s gradient over `group` as it is produced (DTensor grads: their local shard)."""
+
     def hook(grad):
         grad = grad.clone()
-        dist.all_reduce(grad, group=group)
+        dist.all_reduce(grad._local_tensor if hasattr(grad, "_local_tensor") else grad, group=group)
         return grad
 
     p.register_hook(hook)
 
 
-def _kv_replicated(module: nn.Module, state: ParallelState, *, kv_heads: int, head_dim: int) -> None:
-    """Keep the whole k/v projection on every rank; output only the KV head this rank's queries use."""
-    per = state.tp // kv_heads
-    head = state.tp_rank // per
-    group = state.tp_group
-    for p in module.parameters():
-        _sum_grad_over_tp(p, group)  # each rank's gradient covers only its queries' share
+def _kv_mesh(state: ParallelState, kv_heads: int):
+    """The tp ranks as a (kv, kvrep) mesh: kv head = tp_rank // (tp / kv_heads). Built once per
+    state (every rank calls apply_tensor_parallel equally often, so this collective is safe)."""
+    mesh = getattr(state, "_kv_mesh", None)
+    if mesh is None:
+        from torch.distributed.device_mesh import init_device_mesh
 
-    def pre(mod, args):
-        return (_CopyToTP.apply(args[0], group),)
+        full = init_device_mesh(state.device.type, (state.pp, state.dp, kv_heads, state.tp // kv_heads),
+                                mesh_dim_names=("pp", "dp", "kv", "kvrep"))
+        mesh = state._kv_mesh = full["kv", "kvrep"]
+    return mesh
 
-    def post(mod, args, out):
-        return out[..., head * head_dim : (head + 1) * head_dim]
 
-    module.register_forward_pre_hook(pre)
-    module.register_forward_hook(post)
+def _kv_replicated(module: nn.Linear, state: ParallelState, *, kv_heads: int) -> None:
+    """tp > KV heads: each rank keeps only the KV head its query heads use. The weight is a DTensor
+    [Shard(0), Replicate()] on the (kv, kvrep) mesh; ranks sharing a head sum their weight
+    gradients (each covers its own queries), and the input gradient is summed over tp."""
+    mesh = _kv_mesh(state, kv_heads)
+    rep_group = mesh.get_group("kvrep")
+    for name, p in list(module.named_parameters(recurse=False)):
+        dt = nn.Parameter(distribute_tensor(p.data, mesh, [Shard(0), Replicate()]), requires_grad=p.requires_grad)
+        module.register_parameter(name, dt)
+        _sum_grad_over(dt, rep_group)
+    tp_group = state.tp_group
+
+    def forward(x):
+        bias = module.bias
+        return F.linear(_CopyToTP.apply(x, tp_group), local(module.weight), None if bias is None else local(bias))
+
+    module.forward = forward
 
 
 def _experts_tp(module: nn.Module, state: ParallelState) -> None:
@@ -144,7 +163,7 @@ def apply_tensor_parallel(model: nn.Module, state: ParallelState) -> None:
                 if kv % tp == 0:
                     parallelize_module(module, mesh, ColwiseParallel())
                 else:
-                    _kv_replicated(module, state, kv_heads=kv, head_dim=cfg.head_dim)
+                    _kv_replicated(module, state, kv_heads=kv)
             elif style == "shard0":
                 _shard_params(module, mesh, 0)
             elif style == "shard0_vectors":
