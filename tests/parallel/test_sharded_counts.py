@@ -13,8 +13,8 @@ import torch.distributed as dist
 
 from nemotron_core.config import load_model_preset
 from nemotron_core.config.parallel import ParallelConfig
-from nemotron_core.paths import PACKAGE_DIR
 from nemotron_core.parallel.memory import params_per_rank
+from nemotron_core.paths import PACKAGE_DIR
 
 ROOT = PACKAGE_DIR.parent
 LAYOUTS = {
