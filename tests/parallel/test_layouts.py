@@ -60,9 +60,17 @@ def single(data_dir, tmp_path_factory):
     return out
 
 
+# Layout variants beyond the shipped files: name -> overrides
+VARIANTS = {
+    "pp2_interleaved": ["parallel=tp4pp2", "parallel.tp=1", "parallel.pp_schedule=Interleaved1F1B", "parallel.pp_virtual_stages=2"],
+    "pp2_gpipe": ["parallel=tp4pp2", "parallel.tp=1", "parallel.pp_schedule=GPipe"],
+}
+
+
 def run_layouts(tmp_path, world: int, layouts: list[str], data_dir, *, steps: int, reshard=()) -> dict:
     outs = {name: tmp_path / name for name in layouts}
-    plan = {"runs": [[f"parallel={name}", *train_overrides(data_dir, out, steps=steps)] for name, out in outs.items()],
+    plan = {"runs": [[*VARIANTS.get(name, [f"parallel={name}"]), *train_overrides(data_dir, out, steps=steps)]
+                     for name, out in outs.items()],
             "reshard": list(reshard)}
     plan_file = tmp_path / f"plan{world}.json"
     plan_file.write_text(json.dumps(plan))
@@ -117,7 +125,8 @@ def test_every_two_rank_layout_ten_steps_and_resharding(data_dir, single, tmp_pa
     tp2_ckpt = tmp_path / "tp2" / "checkpoints" / "step_00000010"
     reshard = [{"overrides": ["parallel=dp2", *train_overrides(data_dir, tmp_path / "x", steps=10)],
                 "checkpoint": str(tp2_ckpt), "batch": str(batch), "out": str(tmp_path / "dp2_logits.pt")}]
-    outs = run_layouts(tmp_path, 2, ["tp2", "dp2", "fsdp2", "ep2"], data_dir, steps=10, reshard=reshard)
+    outs = run_layouts(tmp_path, 2, ["tp2", "dp2", "fsdp2", "ep2", "pp2_interleaved", "pp2_gpipe"], data_dir, steps=10,
+                       reshard=reshard)
     for name, out in outs.items():
         assert_same_run(out, single, 10)
         assert (out / "checkpoints" / "step_00000010").is_dir(), name
