@@ -41,6 +41,19 @@ def describe_inputs(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     return out
 
 
+def describe_dataset(directory: str | os.PathLike) -> dict[str, Any]:
+    """A prepared data directory as a lineage input: {path, kind, cache_key, metadata_sha256,
+    lineage_sha256}. The cache key hashes everything its rows depend on (inputs' content,
+    tokenizer, config), so it identifies the content without reading every shard."""
+    directory = Path(directory)
+    meta = json.loads((directory / METADATA_FILE).read_text())
+    out = {"path": str(directory), "kind": meta.get("kind"), "cache_key": meta.get("cache_key"),
+           "metadata_sha256": file_sha256(directory / METADATA_FILE)}
+    if (directory / LINEAGE_FILE).is_file():
+        out["lineage_sha256"] = file_sha256(directory / LINEAGE_FILE)
+    return out
+
+
 def code_version() -> dict[str, Any]:
     """Package version and, in a git checkout, the commit and whether the tree is dirty."""
     from nemotron_core import __version__

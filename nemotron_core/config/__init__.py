@@ -7,13 +7,18 @@ compose time with Hydra's error naming the key. Primary configs extend `<stage>_
 Resolvers (registered here, once):
   ${nc.asset:tokenizer}      absolute path of a file/dir shipped in `nemotron_core/assets/`
   ${nc.job_suffix:}          "" in a single run, "/job<N>" in a Hydra multirun job (sweeps)
+  ${nc.slurm_setup:...}      a cluster's batch-script setup lines (and its container / srun flags)
+  ${nc.slurm:<key>,${cluster},${parallel},${hydra.job.name}}   a job's nodes / tasks / GPUs per node
 """
 
 from __future__ import annotations
 
+import warnings
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from nemotron_core.config.cluster import ClusterConfig, slurm_resources, slurm_setup
 from nemotron_core.config.data import PretrainDataConfig, SFTDataConfig
 from nemotron_core.config.model import ModelConfig
 from nemotron_core.config.optim import OptimizerConfig, SchedulerConfig
@@ -31,6 +36,7 @@ from nemotron_core.paths import asset_path
 
 __all__ = [
     "CheckpointConfig",
+    "ClusterConfig",
     "LoggingConfig",
     "ModelConfig",
     "OptimizerConfig",
@@ -59,6 +65,7 @@ GROUP_SCHEMAS = {
     ("train", "base_train"): TrainConfig,
     ("checkpoint", "base_checkpoint"): CheckpointConfig,
     ("logging", "base_logging"): LoggingConfig,
+    ("cluster", "base_cluster"): ClusterConfig,
     ("data", "base_sft_data"): SFTDataConfig,
     ("data", "base_pretrain_data"): PretrainDataConfig,
 }
@@ -93,6 +100,16 @@ def register_configs() -> None:
         cs.store(name=name, node=schema)
     OmegaConf.register_new_resolver("nc.asset", lambda rel: str(asset_path(rel)), replace=True)
     OmegaConf.register_new_resolver("nc.job_suffix", _job_suffix, replace=True)
+    OmegaConf.register_new_resolver("nc.slurm_setup", slurm_setup, replace=True)
+    OmegaConf.register_new_resolver("nc.slurm", slurm_resources, replace=True)
+    # conf/hydra/launcher/submitit_{slurm,local}.yaml shadow hydra-submitit-launcher's ConfigStore
+    # entries of the same names, so Hydra validates them against those schemas ("automatic schema
+    # matching": deprecated in 1.1 and still what 1.3 does, with a warning per compose). That is
+    # the validation we want (a `defaults: [<schema>]` entry cannot name the plugin's class: Hydra's
+    # plugin scan re-executes its module, so the class we could import is not the one it stores).
+    warnings.filterwarnings(
+        "ignore", message=r"\s*'hydra/launcher/submitit_(slurm|local)' is validated against ConfigStore schema", category=UserWarning
+    )
     _registered = True
 
 

@@ -35,23 +35,51 @@ class SFTDataConfig:
     force: bool = False  # rebuild even if the output matches the inputs and config
     # Chat-template switches, passed top-level and inside chat_template_kwargs.
     truncate_history_thinking: bool = True
+    # Record shape (nemotron_core/data/records.py). chat: OpenAI messages (+ tools) per record;
+    # prompt_response: {input_key: prompt, output_key: response} (NeMo RL's ResponseDataset),
+    # rendered as [system?, user, assistant] with the loss on the response.
+    record_format: str = "chat"  # chat | prompt_response
+    messages_key: str = "messages"
+    tools_key: str = "tools"
+    input_key: str = "input"
+    output_key: str = "output"
+    system_key: str | None = None  # prompt_response: a record field holding its system text
+    system_prompt: str | None = None  # a system message for records that have none
+    # Keep only records whose `filter_key` field (a string or a list of strings, e.g. used_in) holds
+    # one of `filter_values`; the others are counted in metadata.json `num_filtered`.
+    filter_key: str | None = None
+    filter_values: list[str] = field(default_factory=list)
+    # true: train.py reads `input` itself, tokenizing and packing in the loader (same rows as
+    # data_prep would write; no files); false: train.py reads the packed files at `path`.
+    online: bool = False
 
 
 @dataclass
 class PretrainDataConfig:
-    """Raw text -> Megatron indexed .bin/.idx shards + blend.json (stage 0)."""
+    """Raw text -> Megatron indexed .bin/.idx shards + blend.json (stage 0); read back through
+    megatron-core's GPTDataset (`nemotron_core/data/indexed.py`)."""
 
     name: str = MISSING
-    input: Any = MISSING  # JSONL / Parquet (optionally .gz/.zst), path, glob or list
+    # JSONL or Parquet files (JSONL may be .gz/.zst compressed): a path, a glob or a list of them
+    # (one corpus), or a mapping corpus name -> path/glob/list (one blend entry per corpus).
+    input: Any = MISSING
     output_dir: str = MISSING  # where data_prep writes the shards
-    path: str = "${.output_dir}"  # where train reads them
+    path: str = "${.output_dir}"  # where train reads them (its blend.json and metadata.json)
     text_field: str = "text"
     add_bos: bool = False
     add_eos: bool = True
-    num_shards: int = 1
-    num_workers: int = 0  # 0: one per CPU core
-    seq_length: int = 8192  # tokens per training sample
-    split: str = "98,1,1"  # train,valid,test weights over documents (megatron-core convention)
-    seed: int = 1234
+    # The end-of-document token add_eos appends (and reset_at_eod splits at); null: the tokenizer's
+    # eos_token. Default `</s>` (Nano3's config.json eos, id 2), not the chat `<|im_end|>`.
+    eod_token: str | None = "</s>"
+    # Blend weight per corpus of a mapping `input` (normalised); null: proportional to tokens.
+    weights: dict[str, float] | None = None
+    num_shards: int = 1  # train shards per corpus; valid/test get proportionally fewer (at least 1)
+    num_workers: int = 0  # tokenizer processes; 0: one per CPU core
+    split: str = "98,1,1"  # train,valid,test weights: each document goes to one split (seeded)
+    seed: int = 1234  # split assignment (data prep); GPTDataset and row shuffling (train)
+    on_error: str = "raise"  # bad records: raise (file:line) | skip (counted in metadata.json)
+    force: bool = False  # rebuild even if the output matches the inputs and config
+    # Training-side values (not part of the data prep output):
+    seq_length: int = 8192  # tokens per training sample (rows hold seq_length + 1: inputs + last label)
     reset_at_eod: bool = False  # isolate documents (cu_seqlens at EOD); off like the reference
-    force: bool = False
+    index_cache_dir: str = "${out_dir}/dataset_cache"  # megatron-core's GPTDataset/BlendedDataset index caches

@@ -12,6 +12,9 @@ class TokenizerConfig:
     # A Hugging Face tokenizer directory; the default is the tiny one shipped in the package.
     path: str = MISSING
     name: str = MISSING  # short name used in output paths and metadata
+    # default: the tokenizer's own | passthrough (or null): contents concatenated as they are |
+    # a Jinja file path | a Jinja string (nemotron_core/data/chat.py, NeMo RL's convention)
+    chat_template: str | None = "default"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
+from nemotron_core.config.cluster import ClusterConfig
 from nemotron_core.config.data import PretrainDataConfig, SFTDataConfig
 from nemotron_core.config.model import ModelConfig
 from nemotron_core.config.optim import OptimizerConfig, SchedulerConfig
@@ -33,6 +34,7 @@ class _StageConfig:
     train: TrainConfig = MISSING
     checkpoint: CheckpointConfig = MISSING
     logging: LoggingConfig = MISSING
+    cluster: ClusterConfig = MISSING  # where `hydra/launcher=submitit_slurm` submits (unused locally)
 
 
 @dataclass

@@ -1,9 +1,18 @@
 """Chat records -> training sequences -> role-labelled chunks, as the reference Nano3 SFT prep.
 
-The rendering is always the tokenizer's own chat template (`apply_chat_template`), so the real
-Nano3 tokenizer directory works unchanged and the shipped tiny one by default. The template
+The rendering is the tokenizer's chat template (`apply_chat_template`), so the real Nano3
+tokenizer directory works unchanged and the shipped tiny one by default. The template
 switches are passed both as top-level variables and inside `chat_template_kwargs` (the
 reference's own Nano3 template reads the latter).
+
+Template modes (`tokenizer.chat_template`, NeMo RL's convention; `set_chat_template`):
+    default             the tokenizer's own template
+    passthrough / null  messages' contents concatenated as they are (`PASSTHROUGH_TEMPLATE`), for
+                        data templated offline: each message is its own chunk, assistant ones trained
+    <file path>         a Jinja template file (e.g. `my_template.jinja`)
+    <Jinja string>      the template itself (anything holding `{{` or `{%`)
+Chunking (below) works the same in every mode: a template whose renderings do not extend each
+other raises ChunkingError naming the record.
 
 Semantics (nano3.md section 5; worked examples in nano3_chat_examples.md):
 
@@ -26,8 +35,10 @@ Semantics (nano3.md section 5; worked examples in nano3_chat_examples.md):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nemotron_core.data.records import Record
@@ -56,6 +67,73 @@ class TrainingSequence:
 
 # render(messages, *, tools, add_generation_prompt, enable_thinking) -> str
 Renderer = Callable[..., str]
+
+DEFAULT_TEMPLATE = "default"
+PASSTHROUGH = "passthrough"
+# NeMo RL's passthrough template: the contents, nothing added (no roles, no generation prompt).
+PASSTHROUGH_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def resolve_chat_template(spec: str | None, *, config_key: str = "tokenizer.chat_template") -> str | None:
+    """The template text `spec` selects, or None for "default" (keep the tokenizer's own).
+
+    Raises FileNotFoundError when `spec` looks like a path (no `{{` / `{%`) and no such file exists;
+    ValueError naming the key and line for a Jinja syntax error. Nothing is rendered here.
+    """
+    if spec == DEFAULT_TEMPLATE:
+        return None
+    if spec is None or spec == PASSTHROUGH:
+        return PASSTHROUGH_TEMPLATE
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"{config_key} must be 'default', 'passthrough', null, a Jinja file or a Jinja string, got {spec!r}")
+    if "{{" in spec or "{%" in spec:
+        text, source = spec, config_key
+    else:
+        path = Path(os.path.expanduser(spec))
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{config_key}={spec!r} is not 'default', 'passthrough', an existing template file or a Jinja "
+                "string (one holding '{{' or '{%')"
+            )
+        text, source = path.read_text(encoding="utf-8"), f"{config_key}={spec}"
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"{source}: line {e.lineno}: Jinja syntax error: {e.message}") from e
+    return text
+
+
+def with_chat_template(tokenizer_fp, spec: str | None, *, config_key: str = "tokenizer.chat_template"):
+    """`tokenizer_fp` (a TokenizerFingerprint of the tokenizer as loaded) with the chat-template hash
+    of the template `spec` selects, i.e. the fingerprint `set_chat_template` would give."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from nemotron_core.tokenization import chat_template_hash
+
+    text = resolve_chat_template(spec, config_key=config_key)
+    if text is None:
+        return tokenizer_fp
+    return dataclasses.replace(tokenizer_fp, chat_template_hash=chat_template_hash(SimpleNamespace(chat_template=text)))
+
+
+def set_chat_template(tokenizer, spec: str | None, *, config_key: str = "tokenizer.chat_template"):
+    """Put the template `spec` selects (see the module docstring) on `tokenizer`, in place; returns it.
+
+    Raises ValueError for "default" when the tokenizer has no template of its own, and whatever
+    `resolve_chat_template` raises.
+    """
+    text = resolve_chat_template(spec, config_key=config_key)
+    if text is not None:
+        tokenizer.chat_template = text
+    elif not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"{config_key}=default, but the tokenizer has no chat template: set {config_key} to 'passthrough', "
+            "a Jinja file or a Jinja string"
+        )
+    return tokenizer
 
 
 def template_renderer(tokenizer, *, truncate_history_thinking: bool = True, reasoning_budget: int | None = None) -> Renderer:

@@ -7,15 +7,33 @@ record keeps its own tool schemas and arguments exactly as written (nothing is u
 records, unlike columnar readers that invent `None` keys). Parquet is read with pyarrow; a
 `messages`/`tools` column holding JSON strings is parsed the same way.
 
+Record shapes (`RecordSchema`, from the `data.*` keys named below):
+
+- chat (`data.record_format=chat`, the default): `{messages_key: [{role, content, ...}], tools_key:
+  [...]}` (keys `messages` / `tools` by default);
+- prompt-response (`data.record_format=prompt_response`, NeMo RL's ResponseDataset): `{input_key:
+  str, output_key: str}` (keys `input` / `output` by default), optionally a per-record system text
+  under `system_key`. It becomes `[system?, user: input, assistant: output]`, so the loss is on the
+  response only.
+
+`data.system_prompt` adds a system message to records that have none. `data.filter_key` /
+`data.filter_values` keep only records tagged for this use (a `used_in`-style field holding a
+string or a list of strings); the others are counted in `ReadStats.filtered`, not as errors.
+
 Every record is validated (`validate_record`) and any problem is reported as
 `file:line: field: what is wrong`; with `on_error="skip"` records are skipped and counted by
 reason instead.
+
+Parquet struct columns share one schema across rows: pyarrow fills keys a row lacks with None, so
+heterogeneous tool schemas would change. Store `messages` / `tools` as JSON strings in Parquet
+(a warning says so when a struct column is read); JSONL keeps every record as written.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import random
 from collections import Counter
@@ -24,8 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 ROLES = ("system", "user", "assistant", "tool")
 TOOL_CALL_TEXT = "<tool_call>"
+RECORD_FORMATS = ("chat", "prompt_response")
 
 
 class RecordError(ValueError):
@@ -45,6 +66,52 @@ class Source:
     max_records: int | None = None  # the first N records
 
 
+@dataclass(frozen=True)
+class RecordSchema:
+    """Where a record keeps its fields (the `data.*` keys of the same names) and which to keep."""
+
+    record_format: str = "chat"  # chat | prompt_response
+    messages_key: str = "messages"
+    tools_key: str = "tools"
+    input_key: str = "input"
+    output_key: str = "output"
+    system_key: str | None = None
+    system_prompt: str | None = None
+    filter_key: str | None = None
+    filter_values: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.record_format not in RECORD_FORMATS:
+            raise ValueError(f"data.record_format must be one of {list(RECORD_FORMATS)}, got {self.record_format!r}")
+        for key in ("messages_key", "tools_key", "input_key", "output_key"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"data.{key} must be a non-empty string, got {getattr(self, key)!r}")
+        if self.record_format == "prompt_response" and self.input_key == self.output_key:
+            raise ValueError(f"data.input_key and data.output_key are both {self.input_key!r}: give two fields")
+        if self.filter_key is not None and not self.filter_values:
+            raise ValueError(f"data.filter_key={self.filter_key!r} needs data.filter_values (the tag values to keep)")
+        if self.filter_values and self.filter_key is None:
+            raise ValueError("data.filter_values is set but data.filter_key is not (the record field holding the tag)")
+        object.__setattr__(self, "filter_values", tuple(str(v) for v in self.filter_values))
+
+    def keeps(self, obj: Any) -> bool:
+        """Whether a parsed record passes the tag filter (always, without `filter_key`)."""
+        if self.filter_key is None:
+            return True
+        if not isinstance(obj, dict):
+            return True  # not a record: validation reports it
+        tag = obj.get(self.filter_key)
+        tags = tag if isinstance(tag, list) else [tag]
+        return any(_tag_text(t) in self.filter_values for t in tags if t is not None)
+
+
+DEFAULT_SCHEMA = RecordSchema()
+
+
+def _tag_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 @dataclass
 class Record:
     messages: list[dict[str, Any]]
@@ -57,6 +124,7 @@ class ReadStats:
     records: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)  # first few messages
+    filtered: Counter = field(default_factory=Counter)  # "<filter_key>_filter" -> records left out
 
 
 def resolve_inputs(spec: Any, *, config_key: str = "data.input") -> list[Source]:
@@ -106,15 +174,25 @@ def _read_blend(path: str, *, config_key: str) -> list[Source]:
     return out
 
 
-def _iter_raw(path: str) -> Iterator[tuple[str, Any]]:
-    """(file:line, parsed object or a RecordError) for each record of a JSONL or Parquet file."""
+def _iter_raw(path: str, json_keys: tuple[str, ...] = ("messages", "tools")) -> Iterator[tuple[str, Any]]:
+    """(file:line, parsed object or a RecordError) for each record of a JSONL or Parquet file.
+
+    In Parquet, `json_keys` columns holding strings are parsed as JSON."""
     if path.endswith(".parquet"):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
+        structs = [k for k in json_keys if k in table.schema.names and _has_struct(table.schema.field(k).type, pa)]
+        if structs:
+            log.warning(
+                "%s: column(s) %s are Parquet structs: pyarrow gives every row the union of all rows' keys "
+                "(missing ones as None), so tool schemas and arguments may not be as written; store them "
+                "as JSON strings instead", path, structs,
+            )
         for i, row in enumerate(table.to_pylist()):
             where = f"{path}:row {i}"
-            for key in ("messages", "tools"):
+            for key in json_keys:
                 if isinstance(row.get(key), str):
                     try:
                         row[key] = json.loads(row[key])
@@ -139,6 +217,12 @@ def _iter_raw(path: str) -> Iterator[tuple[str, Any]]:
                 yield where, RecordError(where, "line", f"invalid JSON: {e.msg} (column {e.colno})", "invalid_json")
 
 
+def _has_struct(t, pa) -> bool:
+    while pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_struct(t) or pa.types.is_map(t)
+
+
 def _text_field(value: Any, where: str, name: str, *, optional: bool) -> str:
     if value is None and optional:
         return ""
@@ -147,28 +231,34 @@ def _text_field(value: Any, where: str, name: str, *, optional: bool) -> str:
     return value
 
 
-def validate_record(obj: Any, where: str) -> Record:
-    """Check one parsed record; return it with tool-call arguments parsed to dicts.
+def validate_record(obj: Any, where: str, schema: RecordSchema = DEFAULT_SCHEMA) -> Record:
+    """Check one parsed record; return it as messages with tool-call arguments parsed to dicts.
 
-    Raises RecordError for: a non-object record, missing/empty `messages`, an unknown role,
-    non-string content or reasoning, tool-call arguments that are not a JSON object, a
-    conversation without an assistant turn (nothing to train), and literal `<tool_call>` text in
-    content or reasoning while the record declares no tools.
+    Raises RecordError for: a non-object record, missing/empty `messages` (`schema.messages_key`),
+    an unknown role, non-string content or reasoning, tool-call arguments that are not a JSON
+    object, a conversation without an assistant turn (nothing to train), and literal `<tool_call>`
+    text in content or reasoning while the record declares no tools. A prompt-response record
+    needs string `input_key` / `output_key` fields (and `system_key`, when present); the response
+    must not be empty. Fields are named as the record spells them.
     """
     if isinstance(obj, RecordError):
         raise obj
     if not isinstance(obj, dict):
         raise RecordError(where, "record", f"must be a JSON object, got {type(obj).__name__}", "not_an_object")
-    messages = obj.get("messages")
+    if schema.record_format == "prompt_response":
+        return _prompt_response_record(obj, where, schema)
+    mk, tk = schema.messages_key, schema.tools_key
+    messages = obj.get(mk)
     if not isinstance(messages, list) or not messages:
-        raise RecordError(where, "messages", "missing or empty (expected a list of {role, content})", "missing_messages")
-    tools = obj.get("tools")
+        raise RecordError(where, mk, f"missing or empty (expected a list of {{role, content}}; data.messages_key={mk!r})",
+                          "missing_messages")
+    tools = obj.get(tk)
     if tools is not None and not isinstance(tools, list):
-        raise RecordError(where, "tools", f"must be a list, got {type(tools).__name__}", "bad_tools")
+        raise RecordError(where, tk, f"must be a list, got {type(tools).__name__}", "bad_tools")
     has_tools = bool(tools)
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        f = f"messages[{i}]"
+        f = f"{mk}[{i}]"
         if not isinstance(m, dict):
             raise RecordError(where, f, "must be an object", "bad_message")
         role = m.get("role")
@@ -193,8 +283,32 @@ def validate_record(obj: Any, where: str) -> Record:
             msg["tool_calls"] = [_parse_tool_call(tc, where, f"{f}.tool_calls[{j}]") for j, tc in enumerate(m["tool_calls"])]
         out.append(msg)
     if not any(m["role"] == "assistant" for m in out):
-        raise RecordError(where, "messages", "no assistant message: nothing to train", "nothing_to_train")
+        raise RecordError(where, mk, "no assistant message: nothing to train", "nothing_to_train")
+    if schema.system_prompt is not None and not any(m["role"] == "system" for m in out):
+        out.insert(0, {"role": "system", "content": schema.system_prompt})
     return Record(messages=out, tools=tools if has_tools else None, where=where)
+
+
+def _prompt_response_record(obj: dict[str, Any], where: str, schema: RecordSchema) -> Record:
+    """[system?, user: input, assistant: output]; errors name the record's own fields."""
+    fields = {}
+    for key, config_key, kind in ((schema.input_key, "input_key", "prompt"), (schema.output_key, "output_key", "response")):
+        if key not in obj:
+            raise RecordError(where, key, f"missing (the {kind} field, data.{config_key}={key!r})", f"missing_{kind}")
+        fields[key] = _text_field(obj[key], where, key, optional=False)
+    if not fields[schema.output_key]:
+        raise RecordError(where, schema.output_key, "empty response: nothing to train", "nothing_to_train")
+    system = schema.system_prompt
+    if schema.system_key is not None and obj.get(schema.system_key) is not None:
+        system = _text_field(obj[schema.system_key], where, schema.system_key, optional=False)
+    for key, text in ((schema.system_key or "system_prompt", system or ""), *fields.items()):
+        if TOOL_CALL_TEXT in text:
+            raise RecordError(where, key, "literal <tool_call> text in a prompt-response record (no tools declared)",
+                              "tool_call_text_without_tools")
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages += [{"role": "user", "content": fields[schema.input_key]},
+                 {"role": "assistant", "content": fields[schema.output_key]}]
+    return Record(messages=messages, tools=None, where=where)
 
 
 def _parse_tool_call(tc: Any, where: str, f: str) -> dict[str, Any]:
@@ -213,25 +327,31 @@ def _parse_tool_call(tc: Any, where: str, f: str) -> dict[str, Any]:
 
 
 def read_records(
-    sources: list[Source], *, on_error: str = "raise", sample: int | None = None, seed: int = 0
+    sources: list[Source], *, on_error: str = "raise", sample: int | None = None, seed: int = 0,
+    schema: RecordSchema = DEFAULT_SCHEMA,
 ) -> tuple[list[Record], ReadStats]:
     """Read and validate all sources; apply each source's weight/max_records, then `sample`.
 
     `on_error="raise"` stops at the first bad record with its file:line; `"skip"` counts it.
-    A weight w takes round(w x records) of the file's valid records: a seeded sample without
-    replacement for w <= 1, whole copies plus a sample of the rest for w > 1.
+    Records that `schema`'s tag filter leaves out are counted in `stats.filtered` and never
+    validated. A weight w takes round(w x records) of the file's valid records: a seeded sample
+    without replacement for w <= 1, whole copies plus a sample of the rest for w > 1.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
     stats = ReadStats()
     records: list[Record] = []
+    json_keys = (schema.messages_key, schema.tools_key)
     for si, src in enumerate(sources):
         taken: list[Record] = []
-        for where, obj in _iter_raw(src.path):
+        for where, obj in _iter_raw(src.path, json_keys):
             if src.max_records is not None and len(taken) >= src.max_records:
                 break
+            if not schema.keeps(obj):
+                stats.filtered[f"{schema.filter_key}_filter"] += 1
+                continue
             try:
-                taken.append(validate_record(obj, where))
+                taken.append(validate_record(obj, where, schema))
             except RecordError as e:
                 if on_error == "raise":
                     raise

@@ -9,6 +9,9 @@
 Guarantees: the output is identical, byte for byte, for any `num_workers`; a rerun with the same
 inputs, tokenizer and config is a cache hit (`cache_key` in metadata.json) unless `force`; the
 output directory appears whole or not at all.
+
+`prepare_sft_rows` is the same pipeline up to the packed rows, in memory: the online loader
+(`nemotron_core/data/online.py`) trains on exactly the rows `prepare_sft_data` writes.
 """
 
 from __future__ import annotations
@@ -28,11 +31,17 @@ import numpy as np
 
 from nemotron_core import __version__
 from nemotron_core.config.data import SFTDataConfig
-from nemotron_core.data.chat import ChunkingError, record_to_sequences, template_renderer
+from nemotron_core.data.chat import (
+    ChunkingError,
+    record_to_sequences,
+    resolve_chat_template,
+    set_chat_template,
+    template_renderer,
+)
 from nemotron_core.data.masks import align_loss_mask
 from nemotron_core.data.packed import write_blend, write_npy_split, write_parquet_split
 from nemotron_core.data.packing import pack_sequences, packing_stats, truncate_or_reject
-from nemotron_core.data.records import Record, read_records, resolve_inputs
+from nemotron_core.data.records import Record, RecordSchema, Source, read_records, resolve_inputs
 from nemotron_core.lineage import METADATA_FILE, Lineage, describe_inputs, write_metadata
 from nemotron_core.tokenization import fingerprint, load_tokenizer
 from nemotron_core.utils.atomic import atomic_directory
@@ -115,17 +124,19 @@ def tokenize_sequences(
 _worker_tokenizer = None
 
 
-def _worker_init(tokenizer_path: str) -> None:
+def _worker_init(tokenizer_path: str, chat_template: str | None) -> None:
     global _worker_tokenizer
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tokenizer = load_tokenizer(tokenizer_path)
+    if chat_template is not None:  # the resolved template text (None: the tokenizer's own)
+        _worker_tokenizer.chat_template = chat_template
 
 
 def _worker_task(task):
     return _tokenize_in_process(task, _worker_tokenizer)
 
 
-def _tokenize_all(records, *, tokenizer, tokenizer_path, truncate, on_error, num_workers, single_render) -> Iterator:
+def _tokenize_all(records, *, tokenizer, tokenizer_path, chat_template, truncate, on_error, num_workers, single_render) -> Iterator:
     tasks = [
         (records[i : i + _RECORDS_PER_TASK], truncate, on_error, single_render)
         for i in range(0, len(records), _RECORDS_PER_TASK)
@@ -135,7 +146,7 @@ def _tokenize_all(records, *, tokenizer, tokenizer_path, truncate, on_error, num
             yield _tokenize_in_process(t, tokenizer), len(t[0])
         return
     ctx = mp.get_context("spawn" if mp.get_start_method(allow_none=True) == "spawn" else "fork")
-    with ctx.Pool(num_workers, initializer=_worker_init, initargs=(tokenizer_path,)) as pool:
+    with ctx.Pool(num_workers, initializer=_worker_init, initargs=(tokenizer_path, chat_template)) as pool:
         # imap keeps task order, so the output does not depend on the worker count
         for t, res in zip(tasks, pool.imap(_worker_task, tasks, chunksize=1)):
             yield res, len(t[0])
@@ -205,10 +216,24 @@ def split_records(n: int, fractions: Sequence[float], *, seed: int) -> dict[str,
     }
 
 
+# Fields added to SFTDataConfig after its first release, with their defaults: left out of the cache
+# key while at the default, so outputs written before they existed stay cache hits.
+_LATER_FIELDS = {
+    "record_format": "chat", "messages_key": "messages", "tools_key": "tools", "input_key": "input",
+    "output_key": "output", "system_key": None, "system_prompt": None, "filter_key": None, "filter_values": [],
+}
+# Where rows are read or written and how, not what they hold.
+_NOT_IN_KEY = ("output_dir", "path", "force", "num_workers", "input", "online")
+
+
 def cache_key(data: SFTDataConfig, *, inputs: list[dict[str, Any]], tokenizer_fp: dict[str, Any]) -> str:
-    """What the output depends on: inputs' content, the tokenizer and the config values that
-    change rows (not where they are written or how many workers write them)."""
-    relevant = {k: v for k, v in asdict(data).items() if k not in ("output_dir", "path", "force", "num_workers", "input")}
+    """What the output depends on: inputs' content, the tokenizer (vocab and the chat template in
+    use) and the config values that change rows (not where they are written or how many workers
+    write them)."""
+    relevant = {
+        k: v for k, v in asdict(data).items()
+        if k not in _NOT_IN_KEY and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])
+    }
     blob = json.dumps(
         {"data": relevant, "inputs": [(i["sha256"], i.get("weight"), i.get("max_records")) for i in inputs],
          "tokenizer": [tokenizer_fp["vocab_hash"], tokenizer_fp["chat_template_hash"]], "version": __version__},
@@ -217,19 +242,110 @@ def cache_key(data: SFTDataConfig, *, inputs: list[dict[str, Any]], tokenizer_fp
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def prepare_sft_data(
-    data: SFTDataConfig, *, tokenizer_path: str, tokenizer_name: str, resolved_config: dict[str, Any],
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run the whole stage 1 data prep; returns the metadata written to `data.output_dir`."""
-    if data.format not in ("parquet", "npy"):
-        raise ValueError(f"data.format must be 'parquet' or 'npy', got {data.format!r}")
-    out = Path(data.output_dir)
+def record_schema(data: SFTDataConfig) -> RecordSchema:
+    """The record fields and tag filter of `data` (raises ValueError naming the data.* key)."""
+    return RecordSchema(
+        record_format=data.record_format, messages_key=data.messages_key, tools_key=data.tools_key,
+        input_key=data.input_key, output_key=data.output_key, system_key=data.system_key,
+        system_prompt=data.system_prompt, filter_key=data.filter_key, filter_values=tuple(data.filter_values),
+    )
+
+
+@dataclass
+class SFTSource:
+    """What a data prep (offline or online) reads, checked and hashed before any expensive work."""
+
+    sources: list[Source]
+    schema: RecordSchema
+    tokenizer: Any
+    chat_template: str | None  # the resolved template text; None: the tokenizer's own
+    tokenizer_fp: dict[str, Any]  # fingerprint of the tokenizer with that template
+    inputs: list[dict[str, Any]]  # describe_inputs + weight/max_records
+    cache_key: str
+
+
+def open_sft_source(
+    data: SFTDataConfig, *, tokenizer_path: str, tokenizer_name: str, chat_template: str | None = "default"
+) -> SFTSource:
+    """Resolve `data.input`, check the record fields, load the tokenizer with `chat_template`
+    (`tokenizer.chat_template`), hash the inputs. Reads no record."""
+    schema = record_schema(data)
     sources = resolve_inputs(data.input)
-    tokenizer = load_tokenizer(tokenizer_path)
+    template = resolve_chat_template(chat_template)
+    tokenizer = set_chat_template(load_tokenizer(tokenizer_path), chat_template)
     tok_fp = fingerprint(tokenizer, name=tokenizer_name, path=tokenizer_path).to_dict()
     inputs = [dict(d, weight=s.weight, max_records=s.max_records) for d, s in zip(describe_inputs([s.path for s in sources]), sources)]
     key = cache_key(data, inputs=inputs, tokenizer_fp=tok_fp)
+    return SFTSource(sources, schema, tokenizer, template, tok_fp, inputs, key)
+
+
+@dataclass
+class PreparedSFT:
+    """The packed splits of one data prep, in memory (`prepare_sft_rows`)."""
+
+    splits: dict[str, SplitResult]
+    num_records: int
+    filtered: Counter  # reason -> records or sequences left out (read errors skipped, tag filter, ...)
+    skipped_examples: list[str]
+
+
+def prepare_sft_rows(
+    data: SFTDataConfig, src: SFTSource, *, tokenizer_path: str, progress: bool = True, splits: Sequence[str] = SPLITS,
+) -> PreparedSFT:
+    """Read, validate, split, render, tokenize and pack; the rows of `splits`, nothing written.
+
+    Guarantees: the rows of a split are those `prepare_sft_data` writes for the same config,
+    inputs and tokenizer (same order, same bytes), for any `num_workers`.
+    """
+    # 1. read and validate everything before any expensive work
+    records, read_stats = read_records(src.sources, on_error=data.on_error, sample=data.sample, seed=data.seed, schema=src.schema)
+    if not records:
+        filtered = f" (the tag filter {data.filter_key} in {list(data.filter_values)} left out {sum(read_stats.filtered.values())})" if read_stats.filtered else ""
+        raise ValueError(f"data.input: no valid records in {[s.path for s in src.sources]}{filtered}")
+    log.info("read %d records from %d file(s)%s%s", len(records), len(src.sources),
+             f"; skipped {dict(read_stats.skipped)}" if read_stats.skipped else "",
+             f"; filtered {dict(read_stats.filtered)}" if read_stats.filtered else "")
+    parts = split_records(len(records), data.split, seed=data.seed)
+
+    # 2. render, chunk and tokenize (worker processes, order preserved)
+    num_workers = data.num_workers or os.cpu_count() or 1
+    single_render = single_render_agrees(records[:_SELF_CHECK_RECORDS], src.tokenizer, truncate_history_thinking=data.truncate_history_thinking)
+    tokenized: dict[str, list[TokenizedSequence]] = {}
+    errors: Counter = Counter()
+    bar = _progress(total=sum(len(parts[s]) for s in splits), enabled=progress)
+    for split in splits:
+        tokenized[split] = []
+        for (seqs, errs), n in _tokenize_all(
+            [records[i] for i in parts[split]], tokenizer=src.tokenizer, tokenizer_path=tokenizer_path,
+            chat_template=src.chat_template, truncate=data.truncate_history_thinking, on_error=data.on_error,
+            num_workers=num_workers, single_render=single_render,
+        ):
+            tokenized[split].extend(seqs)
+            errors.update(errs)
+            bar.update(n)
+    bar.close()
+
+    # 3. pack (each split with its own seed, whichever splits are asked for)
+    filtered = Counter(read_stats.skipped) + errors + read_stats.filtered
+    out = {}
+    for split in splits:
+        out[split] = pack_split(tokenized.pop(split), data, seed=data.seed + SPLITS.index(split))
+        filtered.update(out[split].filtered)
+    return PreparedSFT(out, len(records), filtered, read_stats.skipped_examples)
+
+
+def prepare_sft_data(
+    data: SFTDataConfig, *, tokenizer_path: str, tokenizer_name: str, resolved_config: dict[str, Any],
+    progress: bool = True, chat_template: str | None = "default",
+) -> dict[str, Any]:
+    """Run the whole stage 1 data prep; returns the metadata written to `data.output_dir`.
+
+    `chat_template` is `tokenizer.chat_template` (see nemotron_core/data/chat.py)."""
+    if data.format not in ("parquet", "npy"):
+        raise ValueError(f"data.format must be 'parquet' or 'npy', got {data.format!r}")
+    out = Path(data.output_dir)
+    src = open_sft_source(data, tokenizer_path=tokenizer_path, tokenizer_name=tokenizer_name, chat_template=chat_template)
+    key = src.cache_key
     if (out / METADATA_FILE).is_file():
         old = json.loads((out / METADATA_FILE).read_text())
         if old.get("cache_key") == key and not data.force:
@@ -239,64 +355,47 @@ def prepare_sft_data(
     elif out.exists() and any(out.iterdir()) and not data.force:
         raise FileExistsError(f"data.output_dir={str(out)!r} exists and holds no {METADATA_FILE}; refusing to overwrite (data.force=true)")
 
-    # 1. read and validate everything before any expensive work
-    records, read_stats = read_records(sources, on_error=data.on_error, sample=data.sample, seed=data.seed)
-    if not records:
-        raise ValueError(f"data.input: no valid records in {[s.path for s in sources]}")
-    log.info("read %d records from %d file(s)%s", len(records), len(sources),
-             f"; skipped {dict(read_stats.skipped)}" if read_stats.skipped else "")
-    parts = split_records(len(records), data.split, seed=data.seed)
+    prepared = prepare_sft_rows(data, src, tokenizer_path=tokenizer_path, progress=progress)
 
-    # 2. render, chunk and tokenize (worker processes, order preserved)
-    num_workers = data.num_workers or os.cpu_count() or 1
-    single_render = single_render_agrees(records[:_SELF_CHECK_RECORDS], tokenizer, truncate_history_thinking=data.truncate_history_thinking)
-    tokenized: dict[str, list[TokenizedSequence]] = {}
-    errors: Counter = Counter()
-    bar = _progress(total=len(records), enabled=progress)
-    for split in SPLITS:
-        tokenized[split] = []
-        for (seqs, errs), n in _tokenize_all(
-            [records[i] for i in parts[split]], tokenizer=tokenizer, tokenizer_path=tokenizer_path,
-            truncate=data.truncate_history_thinking, on_error=data.on_error, num_workers=num_workers,
-            single_render=single_render,
-        ):
-            tokenized[split].extend(seqs)
-            errors.update(errs)
-            bar.update(n)
-    bar.close()
-
-    # 3. pack and write
-    filtered = Counter(read_stats.skipped) + errors
+    # 4. write
     meta: dict[str, Any] = {
         "kind": "sft_packed", "format": data.format, "pack_size": data.pack_size,
         "packing_algorithm": data.packing_algorithm, "seed": data.seed, "split_fractions": list(data.split),
-        "cache_key": key, "num_records": len(records), "splits": {},
+        "cache_key": key, "num_records": prepared.num_records, "splits": {},
     }
     totals = Counter()
     with atomic_directory(out, overwrite=True) as tmp:
-        for si, split in enumerate(SPLITS):
-            res = pack_split(tokenized[split], data, seed=data.seed + si)
-            filtered.update(res.filtered)
+        for split in SPLITS:
+            res = prepared.splits[split]
             if data.format == "parquet":
                 info = write_parquet_split(res.rows, tmp, split=split, rows_per_shard=data.rows_per_shard)
             else:
                 info = write_npy_split(res.rows, tmp, split=split)
-            stats = packing_stats(res.lengths, res.bins, pack_size=data.pack_size) if res.bins else {}
-            meta["splits"][split] = {**info, "packing_efficiency": stats.get("packing_efficiency", 0.0)}
-            totals.update(
-                num_sequences=len(res.lengths), num_packed_sequences=len(res.bins), num_truncated=res.num_truncated,
-                total_tokens=int(res.lengths.sum()) if len(res.lengths) else 0,
-                trainable_tokens=int(sum(int(r["loss_mask"].sum()) for r in res.rows)),
-            )
+            meta["splits"][split] = {**info, "packing_efficiency": split_efficiency(res, pack_size=data.pack_size)}
+            totals.update(split_totals(res))
         write_blend(tmp, meta["splits"])
         meta.update(totals)
         meta["packing_factor"] = totals["num_sequences"] / max(totals["num_packed_sequences"], 1)
         meta["packing_efficiency"] = totals["total_tokens"] / max(totals["num_packed_sequences"] * data.pack_size, 1)
-        meta["num_filtered"] = dict(sorted(filtered.items()))
-        meta["skipped_examples"] = read_stats.skipped_examples
-        lineage = Lineage(stage="stage1_sft/data_prep", config=resolved_config, inputs=inputs, tokenizer=tok_fp)
+        meta["num_filtered"] = dict(sorted(prepared.filtered.items()))
+        meta["skipped_examples"] = prepared.skipped_examples
+        lineage = Lineage(stage="stage1_sft/data_prep", config=resolved_config, inputs=src.inputs, tokenizer=src.tokenizer_fp)
         write_metadata(tmp, meta, lineage=lineage)
     return json.loads((out / METADATA_FILE).read_text())
+
+
+def split_efficiency(res: SplitResult, *, pack_size: int) -> float:
+    stats = packing_stats(res.lengths, res.bins, pack_size=pack_size) if res.bins else {}
+    return stats.get("packing_efficiency", 0.0)
+
+
+def split_totals(res: SplitResult) -> dict[str, int]:
+    """Counts of one packed split, summed into metadata.json."""
+    return dict(
+        num_sequences=len(res.lengths), num_packed_sequences=len(res.bins), num_truncated=res.num_truncated,
+        total_tokens=int(res.lengths.sum()) if len(res.lengths) else 0,
+        trainable_tokens=int(sum(int(r["loss_mask"].sum()) for r in res.rows)),
+    )
 
 
 def _progress(*, total: int, enabled: bool):

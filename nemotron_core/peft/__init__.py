@@ -17,6 +17,7 @@ from nemotron_core.peft.lora import (
     lora_modules,
     lora_state_dict,
     merge_lora,
+    select_lora_targets,
 )
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "merge_lora",
     "read_adapter",
     "save_adapter",
+    "select_lora_targets",
     "to_hf_adapter",
 ]

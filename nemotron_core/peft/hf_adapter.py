@@ -44,6 +44,7 @@ import torch
 
 from nemotron_core.config.model import ModelConfig
 from nemotron_core.config.peft import PeftConfig
+from nemotron_core.lineage import Lineage, write_metadata
 from nemotron_core.peft.lora import lora_modules
 from nemotron_core.utils.atomic import atomic_directory
 
@@ -178,8 +179,12 @@ def save_adapter(
     model_cfg: ModelConfig,
     base_model_name_or_path: str | None = None,
     overwrite: bool = False,
+    lineage: Lineage | None = None,
 ) -> Path:
     """Write the LoRA layers of `model` as a Hugging Face peft adapter directory (module docstring).
+
+    With `lineage`, the directory also holds the shared writer's `metadata.json` and
+    `lineage.json` (nemotron_core/lineage.py), beside the two peft files, which stay as they are.
 
     `r`, `lora_alpha`, `lora_dropout` come from `peft_cfg`; fused Mamba in_proj modules whose
     rank or alpha differs from it get `rank_pattern` / `alpha_pattern` entries (keys are the
@@ -240,6 +245,10 @@ def save_adapter(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if lineage is not None:
+            meta = {"kind": "lora_adapter", "format": "peft", "r": int(peft_cfg.rank), "lora_alpha": float(peft_cfg.alpha),
+                    "target_modules": list(adapter), "model": model_cfg.name}
+            write_metadata(tmp, meta, lineage=lineage)
     return out_dir
 
 

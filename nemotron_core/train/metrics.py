@@ -14,6 +14,15 @@ plus lm_loss, moe_aux_loss, tokens, documents from `StepResult.metrics()`.
 Only rank 0 writes anything. `wandb.mode: disabled` (or WANDB_MODE=disabled in the environment)
 never imports wandb; "offline" writes under `<out_dir>/wandb` and opens no connection ("online" is
 the user's explicit choice and the only mode that uses the network).
+
+Lineage as wandb artifacts (`log_lineage_artifact`): a stage output's `lineage.json` and
+`metadata.json` become an artifact named `<Kind>Artifact-<stage tag>` (NVIDIA's Nemotron recipes'
+names: `DataBlendsArtifact-sft` for packed data, `ModelArtifact-sft` for checkpoints and exports),
+with the lineage as the artifact's metadata and the directory as an unhashed `file://` reference
+(nothing large is uploaded). Data prep logs the data artifact (`log_lineage_artifacts_run`); a
+trainer logs its model artifacts through `MetricsLogger.log_lineage_artifact` and declares its data
+with `use=True` (online mode only: wandb cannot use artifacts offline, so there the model artifact's
+lineage, which lists the data's inputs and cache key, is the link).
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ METRIC_NAMES = (
     "val_loss",
 )
 WANDB_MODES = ("offline", "online", "disabled")
+# kind -> (artifact name prefix, wandb artifact type)
+ARTIFACT_KINDS = {"data": ("DataBlendsArtifact", "dataset"), "model": ("ModelArtifact", "model")}
 
 
 def _format(name: str, value: Any) -> str:
@@ -152,6 +163,13 @@ class MetricsLogger:
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
 
+    def log_lineage_artifact(self, directory: str | os.PathLike, *, kind: str, stage_tag: str = "sft", use: bool = False):
+        """Log (or with `use`, declare as an input) `directory`'s lineage as a wandb artifact
+        (`log_lineage_artifact`); nothing on other ranks or with wandb disabled."""
+        if self._wandb_run is None:
+            return None
+        return log_lineage_artifact(self._wandb_run, directory, kind=kind, stage_tag=stage_tag, use=use)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -171,6 +189,73 @@ class MetricsLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def lineage_artifact_name(kind: str, stage_tag: str) -> str:
+    """`DataBlendsArtifact-sft`, `ModelArtifact-sft`, ... (kind "data" or "model")."""
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"artifact kind must be one of {list(ARTIFACT_KINDS)}, got {kind!r}")
+    if not stage_tag or not all(c.isalnum() or c in "-_." for c in stage_tag):
+        raise ValueError(f"stage tag must be a non-empty name of letters, digits, '-', '_' or '.', got {stage_tag!r}")
+    return f"{ARTIFACT_KINDS[kind][0]}-{stage_tag}"
+
+
+def log_lineage_artifact(wandb_run, directory: str | os.PathLike, *, kind: str, stage_tag: str, use: bool = False):
+    """Log `directory`'s lineage as the artifact `lineage_artifact_name(kind, stage_tag)`.
+
+    The artifact holds `lineage.json` and `metadata.json` (as files), the lineage dict plus the
+    directory's absolute path as its metadata, and a `file://` reference to the directory with
+    no checksum (the weights or shards stay where they are). `use=True` declares it as an input
+    of the run instead (`use_artifact`); in offline mode, where wandb refuses that, it is skipped.
+    Returns the artifact, or None when skipped.
+
+    Raises FileNotFoundError when `directory` has no lineage.json.
+    """
+    import wandb as wandb_lib
+
+    from nemotron_core.lineage import LINEAGE_FILE, METADATA_FILE
+
+    directory = Path(directory).resolve()
+    if not (directory / LINEAGE_FILE).is_file():
+        raise FileNotFoundError(f"{directory} has no {LINEAGE_FILE}: nothing to log as a wandb artifact")
+    lineage = json.loads((directory / LINEAGE_FILE).read_text())
+    name = lineage_artifact_name(kind, stage_tag)
+    artifact = wandb_lib.Artifact(name, type=ARTIFACT_KINDS[kind][1], metadata={"path": str(directory), **lineage})
+    for f in (LINEAGE_FILE, METADATA_FILE):
+        if (directory / f).is_file():
+            artifact.add_file(str(directory / f), name=f)
+    artifact.add_reference(directory.as_uri(), name="files", checksum=False)
+    if use:
+        if getattr(wandb_run, "offline", False):
+            log.debug("wandb offline: not declaring %s as an input (the lineage records it)", name)
+            return None
+        wandb_run.use_artifact(artifact)
+    else:
+        wandb_run.log_artifact(artifact)
+    return artifact
+
+
+def log_lineage_artifacts_run(
+    wandb: WandbConfig, directories: Mapping[str, str | os.PathLike], *, out_dir: str | os.PathLike, run_name: str,
+    job_type: str, stage_tag: str = "sft", config: Mapping[str, Any] | None = None,
+) -> list:
+    """A short wandb run (mode per `wandb`, offline by default; WANDB_MODE=disabled wins) that logs
+    each `{kind: directory}` with `log_lineage_artifact`, for scripts without a MetricsLogger
+    (data prep). Returns the logged artifacts; [] when disabled (wandb is never imported then)."""
+    if wandb.mode not in WANDB_MODES:
+        raise ValueError(f"logging.wandb.mode={wandb.mode!r} is not one of {list(WANDB_MODES)}")
+    mode = "disabled" if os.environ.get("WANDB_MODE") == "disabled" else wandb.mode
+    if mode == "disabled":
+        return []
+    import wandb as wandb_lib
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb_lib.init(project=wandb.project, entity=wandb.entity, name=run_name, tags=list(wandb.tags),
+                         job_type=job_type, config=dict(config or {}), mode=mode, dir=str(Path(out_dir)))
+    try:
+        return [log_lineage_artifact(run, d, kind=kind, stage_tag=stage_tag) for kind, d in directories.items()]
+    finally:
+        run.finish()
 
 
 def plot_loss_curve(

@@ -33,12 +33,15 @@ from nemotron_core.checkpoint import (
 )
 from nemotron_core.checkpoint.dcp import load_full_model
 from nemotron_core.config import register_configs, to_object
+from nemotron_core.data.chat import with_chat_template
+from nemotron_core.data.online import load_online_sft
 from nemotron_core.data.packed import PackedDataset
-from nemotron_core.launch import launch, launch_rank
-from nemotron_core.lineage import Lineage, read_metadata
+from nemotron_core.launch import external_world_size, launch, launch_rank
+from nemotron_core.launch.preemption import PreemptionWatcher
+from nemotron_core.lineage import Lineage, describe_dataset, read_metadata
 from nemotron_core.model.nano3 import build_nano3
 from nemotron_core.model.sizing import count_parameters
-from nemotron_core.parallel import ParallelState, parallelize
+from nemotron_core.parallel import ParallelState, check_run, grad_reduction_for, parallelize
 from nemotron_core.parallel.pipeline import merge_stages
 from nemotron_core.peft import apply_lora, check_hf_exportable, merge_lora, save_adapter
 from nemotron_core.runtime import log_and_save_config, seed_everything, setup_logging
@@ -59,22 +62,31 @@ log = logging.getLogger("stage1_sft")
 
 
 # ----------------------------------------------------------------------------- build
-def check_layout(parallel, peft) -> None:
-    """What this recipe cannot combine yet, before anything is allocated."""
-    if peft.name == "lora" and parallel.tp > 1:
+def preflight(cfg: DictConfig) -> None:
+    """Fail in well under a second, naming the config keys, before any worker or tensor exists."""
+    tc, par, peft = (to_object(cfg[k]) for k in ("train", "parallel", "peft"))
+    check_run(to_object(cfg.model), par, global_batch_size=tc.global_batch_size, micro_batch_size=tc.micro_batch_size,
+              world_size=external_world_size())
+    validate_schedule(to_object(cfg.scheduler), total_steps=tc.steps)
+    if peft.name == "lora" and par.tp > 1:
         raise ValueError(
-            f"peft=lora with parallel.tp={parallel.tp}: LoRA adapters are not tensor-parallel yet; "
+            f"peft=lora with parallel.tp={par.tp}: LoRA adapters are not tensor-parallel yet; "
             "use a layout with tp=1 (dp, fsdp, pp and ep work with LoRA)"
         )
 
 
-def load_data(data_path: str, tokenizer_fp):
-    """The packed train/valid splits, after checking they were made with this tokenizer's vocab."""
-    meta = read_metadata(data_path, config_key="data.path")
-    check_tokenizer_match(meta["tokenizer"], tokenizer_fp, expected_from=f"data.path={data_path}", actual_from="tokenizer.path")
-    train = PackedDataset(data_path, split="train")
-    valid = PackedDataset(data_path, split="valid")
-    return meta, train, valid
+def load_data(data, tokenizer_fp, *, chat_template):
+    """The train/valid rows: the packed files at `data.path`, after checking they were made with this
+    tokenizer's vocab; or, with `data.online` (data=chat_jsonl), `data.input` tokenized and packed
+    here into the same rows, with no data_prep step."""
+    if data.online:
+        meta, rows = load_online_sft(data, tokenizer_path=tokenizer_fp.path, tokenizer_name=tokenizer_fp.name, chat_template=chat_template)
+        return meta, rows["train"], rows["valid"]
+    meta = read_metadata(data.path, config_key="data.path")
+    check_tokenizer_match(meta["tokenizer"], with_chat_template(tokenizer_fp, chat_template),
+                          expected_from=f"data.path={data.path}", actual_from="tokenizer.path")
+    meta = dict(meta, inputs=[*meta["inputs"], describe_dataset(data.path)])  # raw files, then the packed data
+    return meta, PackedDataset(data.path, split="train"), PackedDataset(data.path, split="valid")
 
 
 def build_model(model_cfg, *, load: str | None, seed: int, tokenizer_fp: TokenizerFingerprint):
@@ -103,13 +115,11 @@ def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
 def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:
     """Tokenizer check -> data -> model (+ LoRA) -> parallelize -> optimizer -> resume."""
     tc, opt, sched, peft, par = (to_object(cfg[k]) for k in ("train", "optimizer", "scheduler", "peft", "parallel"))
-    check_layout(par, peft)
-    validate_schedule(sched, total_steps=tc.steps)
     accum = grad_accumulation_steps(tc.global_batch_size, tc.micro_batch_size, state.dp)
     autocast_dtype = autocast_dtype_for(tc.dtype, state.device)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     tok_fp = fingerprint(tokenizer, name=cfg.tokenizer.name, path=cfg.tokenizer.path)
-    meta, train_rows, valid_rows = load_data(cfg.data.path, tok_fp)
+    meta, train_rows, valid_rows = load_data(to_object(cfg.data), tok_fp, chat_template=cfg.tokenizer.chat_template)
     model, parent = build_model(to_object(cfg.model), load=cfg.checkpoint.load, seed=cfg.seed, tokenizer_fp=tok_fp)
     if peft.name == "lora":
         adapted = apply_lora(model, peft)  # freezes the base, router and expert bias included
@@ -135,7 +145,7 @@ def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:
         checkpoint=dict(out_dir=out_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer_dir=cfg.tokenizer.path,
                         tokenizer_fp=tok_fp.to_dict(), lineage=lineage, keep_last=cfg.checkpoint.keep_last),
         checkpoint_every=cfg.checkpoint.save_every, state=state, pipeline=pipeline,
-        grad_reduction="all_reduce" if state.dp > 1 and not state.fsdp else "sum",
+        grad_reduction=grad_reduction_for(state),
     )
     if (resume := resolve_resume(cfg.checkpoint.resume, out_dir)) is not None:
         ckpt = load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -152,7 +162,7 @@ def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:
     return run
 
 
-def finish(run: Run, cfg: DictConfig) -> None:
+def finish(run: Run, cfg: DictConfig, metrics: MetricsLogger) -> None:
     """Loss curve; when the run is complete: the LoRA adapter and the (merged) HF export (rank 0).
 
     One process exports its live model; a parallel run exports from its final checkpoint, loaded
@@ -169,13 +179,15 @@ def finish(run: Run, cfg: DictConfig) -> None:
         load_full_model(run.checkpoint_path, model)
     plot_loss_curve(run.out_dir / cfg.logging.metrics_file, run.out_dir / "loss_curve.png", title=f"{cfg.run_name} (stage 1 SFT)")
     if cfg.peft.name == "lora":
-        save_adapter(run.out_dir / "adapter", model, to_object(cfg.peft), model_cfg=to_object(cfg.model), overwrite=True)
+        save_adapter(run.out_dir / "adapter", model, to_object(cfg.peft), model_cfg=to_object(cfg.model), overwrite=True,
+                     lineage=run.checkpoint["lineage"])
         log.info("saved the LoRA adapter (PEFT layout) to %s", run.out_dir / "adapter")
         merge_lora(model)  # the HF export below is the merged model
     if cfg.checkpoint.export_hf:
         export_hf(run.out_dir / "hf", model, model_cfg=to_object(cfg.model), tokenizer_dir=cfg.tokenizer.path,
                   lineage=run.checkpoint["lineage"])
         log.info("exported Hugging Face NemotronH model to %s", run.out_dir / "hf")
+        metrics.log_lineage_artifact(run.out_dir / "hf", kind="model")  # ModelArtifact-sft (wandb on)
 
 
 # ----------------------------------------------------------------------------- main
@@ -187,14 +199,18 @@ def job(cfg: DictConfig, state: ParallelState) -> None:
     with MetricsLogger(run.out_dir, metrics_file=cfg.logging.metrics_file, wandb=to_object(cfg.logging.wandb), run_name=cfg.run_name,
                        config=run.checkpoint["lineage"].config, total_steps=run.train.steps, start_step=run.step,
                        progress_bar=cfg.logging.progress_bar, rank=state.rank) as metrics:
-        train_loop(run, data_seed=cfg.data.seed, metrics=metrics)  # the loop
-    finish(run, cfg)  # loss curve, adapter, HF export
+        if not cfg.data.online:
+            metrics.log_lineage_artifact(cfg.data.path, kind="data", use=True)  # the packed data as the run's input
+        watcher = PreemptionWatcher().install()  # Slurm's warning signal -> checkpoint, requeue (no-op elsewhere)
+        train_loop(run, data_seed=cfg.data.seed, metrics=metrics, stop_requested=watcher.requested, on_stop=watcher.exit_for_requeue)
+        finish(run, cfg, metrics)  # loss curve, adapter, HF export
 
 
 @hydra.main(version_base="1.3", config_path="../../../conf", config_name="stage1_sft")
 def main(cfg: DictConfig) -> None:
     setup_logging(cfg.logging.level, rank=launch_rank())
     log_and_save_config(cfg, out_dir=cfg.out_dir, job_name="train", rank=launch_rank())  # printed and saved; fails on ???
+    preflight(cfg)  # layout, batch split, schedule: clear errors before any worker starts
     launch(job, cfg, parallel=to_object(cfg.parallel), model=to_object(cfg.model))  # local workers, torchrun or Slurm
 
 
