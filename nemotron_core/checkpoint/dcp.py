@@ -676,8 +676,11 @@ def export_hf(
     lineage: Lineage | None,
     dtype: torch.dtype | None = None,
     rank: int | None = None,
+    collective: bool = True,
 ) -> Path:
-    """Write `out_dir` (e.g. `<run>/hf`) as a Hugging Face NemotronH directory; every rank calls it.
+    """Write `out_dir` (e.g. `<run>/hf`) as a Hugging Face NemotronH directory; every rank calls it
+    (`collective=False`: only this process calls it, with a full single-device model, e.g. rank 0
+    exporting a parallel run from its checkpoint; no collective, no barrier).
 
     Weights and config.json come from `checkpoint/hf.py` (`save_hf_checkpoint`, cast to `dtype`
     if given); the tokenizer files of `tokenizer_dir` are copied in, so the directory loads with
@@ -687,8 +690,8 @@ def export_hf(
     """
     from nemotron_core.checkpoint.hf import save_hf_checkpoint
 
-    rank, _ = _rank_world(rank, None)
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True) if _dist_on() else StateDictOptions()
+    rank = 0 if not collective else _rank_world(rank, None)[0]
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True) if collective and _dist_on() else StateDictOptions()
     sd = get_model_state_dict(model, options=opts)
     out_dir = Path(out_dir)
     if rank == 0:
@@ -704,5 +707,6 @@ def export_hf(
                 meta = {"kind": "hf_export", "format": "safetensors", "model": model_cfg.name}
                 write_metadata(tmp, meta, lineage=lineage)
         log.info("exported Hugging Face model to %s", out_dir)
-    _barrier()
+    if collective:
+        _barrier()
     return out_dir

@@ -185,7 +185,7 @@ def finish(run: Run, cfg: DictConfig, metrics: MetricsLogger) -> None:
         merge_lora(model)  # the HF export below is the merged model
     if cfg.checkpoint.export_hf:
         export_hf(run.out_dir / "hf", model, model_cfg=to_object(cfg.model), tokenizer_dir=cfg.tokenizer.path,
-                  lineage=run.checkpoint["lineage"])
+                  lineage=run.checkpoint["lineage"], collective=not run.state.distributed)
         log.info("exported Hugging Face NemotronH model to %s", run.out_dir / "hf")
         metrics.log_lineage_artifact(run.out_dir / "hf", kind="model")  # ModelArtifact-sft (wandb on)
 
