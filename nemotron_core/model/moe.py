@@ -129,9 +129,10 @@ def sequence_aux_loss(
     chosen = torch.zeros(n, e, dtype=scores.dtype, device=scores.device)
     chosen.scatter_(1, indices, 1.0)
     chosen = chosen * w[:, None]
-    p_sum = scores.new_zeros(num_segments, e).index_add(0, seg, probs)
-    c_sum = scores.new_zeros(num_segments, e).index_add(0, seg, chosen)
-    tokens = scores.new_zeros(num_segments).index_add(0, seg, w)
+    rows = max(num_segments, 1)  # a batch of padding only has no sequence: the loss is 0
+    p_sum = scores.new_zeros(rows, e).index_add(0, seg, probs)
+    c_sum = scores.new_zeros(rows, e).index_add(0, seg, chosen)
+    tokens = scores.new_zeros(rows).index_add(0, seg, w)
     present = tokens > 0
     t = tokens.clamp(min=1)[:, None]
     f = c_sum * (e / (top_k * t))

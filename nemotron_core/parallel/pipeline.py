@@ -216,11 +216,14 @@ class Pipeline:
 
     @torch.no_grad()
     def evaluate(self, batches: Sequence[PackedBatch]) -> torch.Tensor:
-        """[CE sum, trainable tokens] of `batches` (fp64), summed over stages (only the last has them)."""
+        """[CE sum, trainable tokens] of `batches` (fp64), summed over stages (only the last has them).
+        The schedule runs `n_microbatches` at a time; a short last chunk is filled with all-padding
+        micro-batches (no token, nothing counted)."""
         self._loss_kwargs = {"eval": True}
         total = torch.zeros(2, dtype=torch.float64, device=self.state.device)
-        for k in range(0, len(batches) - len(batches) % self.n_microbatches, self.n_microbatches):
-            chunk = batches[k : k + self.n_microbatches]
+        for k in range(0, len(batches), self.n_microbatches):
+            chunk = list(batches[k : k + self.n_microbatches])
+            chunk += [_empty_batch()] * (self.n_microbatches - len(chunk))
             self._run(chunk, aux_scales=[0.0] * len(chunk), train=False)
             if self._lm:
                 total[0] += torch.stack(self._lm).sum().to(total.device)
@@ -228,6 +231,14 @@ class Pipeline:
         if self.state.pp_group is not None:
             dist.all_reduce(total, group=self.state.pp_group)
         return total
+
+
+def _empty_batch() -> PackedBatch:
+    """A micro-batch of no tokens: the pipeline pads it whole (one padding segment, labels ignored)."""
+    empty = torch.zeros(0, dtype=torch.long)
+    return PackedBatch(input_ids=empty, labels=empty.clone(), position_ids=empty.clone(),
+                       cu_seqlens=torch.zeros(1, dtype=torch.int32), doc_ids=torch.zeros(0, dtype=torch.int32),
+                       max_seqlen=0, num_trainable_tokens=0, num_documents=0)
 
 
 def validate_pipeline(*, pp: int, schedule: str, virtual_stages: int, n_microbatches: int, num_layers: int) -> None:

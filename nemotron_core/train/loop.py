@@ -49,6 +49,8 @@ class Run:
     step: int = 0
     consumed_rows: int = 0
     checkpoint_path: Path | None = None  # the last checkpoint saved or resumed from
+    validate: bool | None = None  # evaluate on schedule; must agree on all ranks (a dp rank may hold no
+    # validation batch and still joins the reduction). None: whether this rank has validation batches.
 
 
 def validation_batches(
@@ -94,7 +96,8 @@ def train_loop(
         )
         run.step, run.consumed_rows = run.step + 1, run.consumed_rows + tc.global_batch_size
         record = result.metrics()
-        if run.val_batches and ((tc.eval_every and run.step % tc.eval_every == 0) or run.step == tc.steps):
+        validate = bool(run.val_batches) if run.validate is None else run.validate
+        if validate and ((tc.eval_every and run.step % tc.eval_every == 0) or run.step == tc.steps):
             record["val_loss"] = evaluate(run.model, run.val_batches, dp_group=st.dp_group, autocast_dtype=run.autocast_dtype,
                                           parallel=st, pipeline=run.pipeline)
         metrics.log(run.step, record)

@@ -119,6 +119,7 @@ def test_world_8_three_steps_equal_single(data_dir, single, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_every_two_rank_layout_ten_steps_and_resharding(data_dir, single, tmp_path):
     batch = tmp_path / "ids.pt"
     torch.save(torch.randint(0, 4096, (1, 96), generator=torch.Generator().manual_seed(0)), batch)
@@ -146,6 +147,7 @@ def test_every_two_rank_layout_ten_steps_and_resharding(data_dir, single, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_every_eight_rank_layout_ten_steps(data_dir, single, tmp_path):
     outs = run_layouts(tmp_path, 8, ["tp4pp2", "tp2pp2dp2", "tp1ep8"], data_dir, steps=10)
     for out in outs.values():

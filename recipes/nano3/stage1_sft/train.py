@@ -145,6 +145,7 @@ def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:
         checkpoint=dict(out_dir=out_dir, model=model, optimizer=optimizer, scheduler=scheduler, tokenizer_dir=cfg.tokenizer.path,
                         tokenizer_fp=tok_fp.to_dict(), lineage=lineage, keep_last=cfg.checkpoint.keep_last),
         checkpoint_every=cfg.checkpoint.save_every, state=state, pipeline=pipeline,
+        validate=len(valid_rows) > 0 and tc.eval_batches > 0,  # the same on every rank
         grad_reduction=grad_reduction_for(state),
     )
     if (resume := resolve_resume(cfg.checkpoint.resume, out_dir)) is not None:
