@@ -23,10 +23,9 @@ import logging
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nemotron_core.checkpoint import export_hf, load_checkpoint, load_model_weights, resolve_resume
+from nemotron_core.checkpoint import export_hf, load_checkpoint, resolve_resume
 from nemotron_core.checkpoint.dcp import load_full_model
 from nemotron_core.config import register_configs, to_object
 from nemotron_core.data.indexed import load_pretrain_rows
@@ -48,6 +47,7 @@ from nemotron_core.train.loop import Run, train_loop, validation_batches
 from nemotron_core.train.metrics import MetricsLogger, plot_loss_curve
 from nemotron_core.train.optim import build_optimizer
 from nemotron_core.train.schedule import build_scheduler, validate_schedule
+from nemotron_core.train.setup import autocast_dtype_for, build_model
 from nemotron_core.train.step import grad_accumulation_steps
 
 register_configs()
@@ -76,29 +76,6 @@ def load_data(data, train, *, tokenizer_fp: TokenizerFingerprint, model_vocab_si
     check_tokenizer_match(meta["tokenizer"], tokenizer_fp, expected_from=f"data.path={data.path}", actual_from="tokenizer.path")
     meta = dict(meta, inputs=[*meta["inputs"], describe_dataset(data.path)])  # raw files, then the shards
     return meta, train_rows, valid_rows
-
-
-def build_model(model_cfg, *, load: str | None, seed: int, tokenizer_fp: TokenizerFingerprint):
-    """A fresh init of `model_cfg`, or the weights of `checkpoint.load` (same tokenizer vocab)."""
-    model = build_nano3(model_cfg, seed=seed)
-    parent = None
-    if load:
-        info = load_model_weights(load, model)
-        if info["tokenizer"] is not None:
-            check_tokenizer_match(info["tokenizer"], tokenizer_fp, expected_from=f"checkpoint.load={load}", actual_from="the data")
-        parent = {"checkpoint": info["path"], "step": info["step"], "lineage": info["lineage"]}
-    return model, parent
-
-
-def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA unless train.dtype=fp32; CPU trains in fp32."""
-    if dtype not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {dtype!r}")
-    if device.type == "cuda":
-        return None if dtype == "fp32" else torch.bfloat16
-    if dtype == "bf16":
-        raise ValueError("train.dtype=bf16 needs a CUDA device; CPU training runs in fp32 (train.dtype=auto)")
-    return None
 
 
 def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:

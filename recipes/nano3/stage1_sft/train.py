@@ -22,13 +22,11 @@ import math
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemotron_core.checkpoint import (
     export_hf,
     load_checkpoint,
-    load_model_weights,
     resolve_resume,
 )
 from nemotron_core.checkpoint.dcp import load_full_model
@@ -46,7 +44,6 @@ from nemotron_core.parallel.pipeline import merge_stages
 from nemotron_core.peft import apply_lora, check_hf_exportable, merge_lora, save_adapter
 from nemotron_core.runtime import log_and_save_config, seed_everything, setup_logging
 from nemotron_core.tokenization import (
-    TokenizerFingerprint,
     check_tokenizer_match,
     fingerprint,
     load_tokenizer,
@@ -55,6 +52,7 @@ from nemotron_core.train.loop import Run, train_loop, validation_batches
 from nemotron_core.train.metrics import MetricsLogger, plot_loss_curve
 from nemotron_core.train.optim import build_optimizer
 from nemotron_core.train.schedule import build_scheduler, validate_schedule
+from nemotron_core.train.setup import autocast_dtype_for, build_model
 from nemotron_core.train.step import grad_accumulation_steps
 
 register_configs()
@@ -87,29 +85,6 @@ def load_data(data, tokenizer_fp, *, chat_template):
                           expected_from=f"data.path={data.path}", actual_from="tokenizer.path")
     meta = dict(meta, inputs=[*meta["inputs"], describe_dataset(data.path)])  # raw files, then the packed data
     return meta, PackedDataset(data.path, split="train"), PackedDataset(data.path, split="valid")
-
-
-def build_model(model_cfg, *, load: str | None, seed: int, tokenizer_fp: TokenizerFingerprint):
-    """A fresh init of `model_cfg`, or the weights of `checkpoint.load` (same tokenizer vocab)."""
-    model = build_nano3(model_cfg, seed=seed)
-    parent = None
-    if load:
-        info = load_model_weights(load, model)
-        if info["tokenizer"] is not None:
-            check_tokenizer_match(info["tokenizer"], tokenizer_fp, expected_from=f"checkpoint.load={load}", actual_from="the data")
-        parent = {"checkpoint": info["path"], "step": info["step"], "lineage": info["lineage"]}
-    return model, parent
-
-
-def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA unless train.dtype=fp32; CPU trains in fp32."""
-    if dtype not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {dtype!r}")
-    if device.type == "cuda":
-        return None if dtype == "fp32" else torch.bfloat16
-    if dtype == "bf16":
-        raise ValueError("train.dtype=bf16 needs a CUDA device; CPU training runs in fp32 (train.dtype=auto)")
-    return None
 
 
 def build(cfg: DictConfig, resolved: dict, state: ParallelState) -> Run:
