@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nemotron_core.checkpoint import save_checkpoint
@@ -57,12 +58,24 @@ def validation_batches(
     rows: Sequence, *, micro_batch_size: int, max_batches: int, dp_rank: int = 0, dp_size: int = 1, pad_to: int | None = None
 ) -> list[PackedBatch]:
     """The first `micro_batch_size x max_batches` rows of `rows`, dealt to dp ranks micro-batch by
-    micro-batch (batch i goes to rank i % dp_size), so the union over ranks is the same for any dp."""
+    micro-batch (batch i goes to rank i % dp_size), so the union over ranks is the same for any dp.
+
+    Every rank gets the same NUMBER of micro-batches (short ranks get one-token batches whose label
+    is ignored): FSDP all-gathers and expert all-to-alls run in the forward, so ranks that evaluate
+    a different number of batches would wait on each other forever."""
     n = min(len(rows), micro_batch_size * max_batches)
     batches = [list(range(i, min(i + micro_batch_size, n))) for i in range(0, n, micro_batch_size)]
     if pad_to is not None:  # fixed shapes: only whole micro-batches
         batches = [b for b in batches if len(b) == micro_batch_size]
-    return [collate_packed([rows[j] for j in b], pad_to=pad_to) for k, b in enumerate(batches) if k % dp_size == dp_rank]
+    mine = [collate_packed([rows[j] for j in b], pad_to=pad_to) for k, b in enumerate(batches) if k % dp_size == dp_rank]
+    per_rank = -(-len(batches) // dp_size)
+    return mine + [_ignored_token_batch()] * (per_rank - len(mine))
+
+
+def _ignored_token_batch() -> PackedBatch:
+    """One token (id 0) whose label is ignored: a forward that counts nothing."""
+    return collate_packed([{"input_ids": np.zeros(1, dtype=np.int32), "loss_mask": np.zeros(1, dtype=np.uint8),
+                            "seq_start_id": np.zeros(1, dtype=np.int32)}])
 
 
 def train_loop(
